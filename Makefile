@@ -1,0 +1,60 @@
+# Two commands for a newcomer: `make course` (set up, then run the course) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROFILE ?= miniclip
+
+.PHONY: setup data course test lab features release clean-cache help
+
+help:
+	@echo "make course   set up .venv, install the data, run every notebook, print the results table"
+	@echo "make test     set up, then run the unit tests and every notebook under nbval"
+	@echo "make lab      open JupyterLab on notebooks/"
+	@echo "make release  write student copies of the notebooks to release/"
+	@echo "PROFILE=clip make course   the original CIFAR-100/CIFAR-10 setup (needs internet and a GPU)"
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Fashion-MNIST for the offline profile: Debian's package, installed when missing and possible.
+data: setup
+	@if $(BIN)/python -m ood_utils check-data >/dev/null 2>&1; then \
+		$(BIN)/python -m ood_utils check-data; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing Debian's dataset-fashion-mnist ..."; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+		$(BIN)/python -m ood_utils check-data; \
+	elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		echo "Installing Debian's dataset-fashion-mnist with sudo ..."; \
+		sudo apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+		{ sudo apt-get update -q >/dev/null && sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+		$(BIN)/python -m ood_utils check-data; \
+	else \
+		$(BIN)/python -m ood_utils check-data; exit 1; \
+	fi
+
+features: data
+	$(BIN)/python -m ood_utils extract --profile $(PROFILE)
+
+course: data
+	$(BIN)/python -m ood_utils course --profile $(PROFILE)
+
+test: data
+	OOD_PROFILE=miniclip MPLBACKEND=Agg $(BIN)/python -m pytest --nbval-lax --nbval-current-env tests notebooks
+
+lab: data
+	$(BIN)/jupyter lab notebooks/
+
+release: setup
+	$(BIN)/python -m ood_utils release --out release
+
+clean-cache:
+	rm -rf features/*/ results/

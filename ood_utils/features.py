@@ -1,0 +1,219 @@
+"""Feature extraction and the on-disk feature cache.
+
+Layout of the cache for a profile (``features/<profile>/``)::
+
+    id_train_feats.pt  id_train_labels.pt
+    id_test_feats.pt   id_test_labels.pt
+    ood_test_feats.pt  ood_test_labels.pt
+    meta.json          (model, weights, datasets, splits, classes, counts, dims, package version)
+
+Every file is written to a temporary name and renamed into place, and ``meta.json`` last, so an
+interrupted run never leaves a cache that looks complete. On read, the meta must describe the
+active profile and every tensor must load with the expected shape and finite values; otherwise
+the split is extracted again (with a message saying why), never used silently.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import __version__
+from .data import FEATURE_SPLITS, feature_dataset
+from .models import MINICLIP_NAME, MINICLIP_WEIGHTS, load_clip, sha256, split_visual
+from .profiles import Profile, features_dir, get_profile
+
+FEATURE_KEYS = tuple(f"{s}_{kind}" for s in FEATURE_SPLITS for kind in ("feats", "labels"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.inference_mode()
+def extract_features(backbone: torch.nn.Module, loader, device: str | torch.device | None = None,
+                     progress: bool = True, desc: str = "features"
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``backbone`` over every batch of ``loader``.
+
+    ``loader`` yields ``(images (B, 3, H, W), labels (B,))``. Returns ``feats`` float32
+    ``(N, D)`` and ``labels`` int64 ``(N,)``, both on the CPU.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    backbone = backbone.to(device).eval()
+    feats, labels = [], []
+    total = len(loader.dataset) if hasattr(loader, "dataset") else None
+    start = time.time()
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for images, targets in loader:
+            out = backbone(images.to(device, non_blocking=True))
+            feats.append(out.float().cpu())
+            labels.append(torch.as_tensor(targets, dtype=torch.int64))
+            bar.update(len(images))
+    feats_t = torch.cat(feats) if feats else torch.empty(0, 0)
+    seconds = max(time.time() - start, 1e-9)
+    if progress:
+        print(f"{desc}: {len(feats_t)} images in {seconds:.1f} s "
+              f"({len(feats_t) / seconds:.0f} images/s) on {device}")
+    return feats_t, torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
+
+
+def expected_meta(profile: str | Profile | None = None) -> dict:
+    """What ``meta.json`` must say for the cache of ``profile`` to be used."""
+    p = get_profile(profile)
+    weights = p.pretrained
+    if p.model_name == MINICLIP_NAME:
+        weights = f"package:{MINICLIP_WEIGHTS.name}:sha256:" + (
+            sha256(MINICLIP_WEIGHTS) if MINICLIP_WEIGHTS.is_file() else "missing")
+    splits = {}
+    for split in FEATURE_SPLITS:
+        ood = split == "ood_test"
+        splits[split] = {
+            "dataset": p.ood_dataset if ood else p.id_dataset,
+            "split": "train" if split == "id_train" else "test",
+            "classes": list(p.ood_classes if ood else p.id_classes)
+            if (p.ood_classes if ood else p.id_classes) is not None else "all",
+            "count": p.counts[split],
+        }
+    return {
+        "profile": p.name,
+        "model": p.model_name,
+        "pretrained": weights,
+        "features": "visual trunk output, before the projection head",
+        "feature_dim": p.feature_dim,
+        "embed_dim": p.embed_dim,
+        "id_class_names": list(p.id_class_names) if p.id_class_names else None,
+        "splits": splits,
+    }
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".json":
+            Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True))
+        else:
+            torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_tensor(path: Path, shape: tuple, dtype: torch.dtype) -> torch.Tensor | None:
+    """Load a cached tensor; ``None`` (with a reason printed) when absent or invalid."""
+    if not path.is_file():
+        return None
+    try:
+        t = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or foreign file
+        print(f"cache: {path.name} is unreadable ({type(err).__name__}); extracting again")
+        return None
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        print(f"cache: {path.name} has shape/dtype {got}, expected {shape} {dtype}; extracting again")
+        return None
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        print(f"cache: {path.name} contains NaN/inf; extracting again")
+        return None
+    return t
+
+
+def _read_meta(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _comparable(meta: dict | None) -> dict | None:
+    if meta is None:
+        return None
+    return {k: v for k, v in meta.items() if k not in ("package_version", "extracted")}
+
+
+def load_features(profile: str | Profile | None = None, device: str | torch.device | None = None,
+                  progress: bool = True, batch_size: int | None = None,
+                  num_workers: int = 0) -> dict[str, torch.Tensor]:
+    """Features of the three splits of ``profile``, from the cache or freshly extracted.
+
+    Returns a dict with keys ``id_train_feats``, ``id_train_labels``, ``id_test_feats``,
+    ``id_test_labels``, ``ood_test_feats``, ``ood_test_labels``: float32 ``(N, feature_dim)``
+    features and int64 ``(N,)`` labels on the CPU. ID labels are ``0..K-1``.
+    """
+    p = get_profile(profile)
+    folder = features_dir(p)
+    want = expected_meta(p)
+    have = _comparable(_read_meta(folder))
+    out: dict[str, torch.Tensor] = {}
+    missing = []
+    if have is not None and have != want:
+        print(f"cache: {folder}/meta.json describes another setup; extracting again")
+    for split in FEATURE_SPLITS:
+        n = p.counts[split]
+        feats = labels = None
+        if have == want:
+            feats = _load_tensor(folder / f"{split}_feats.pt", (n, p.feature_dim), torch.float32)
+            labels = _load_tensor(folder / f"{split}_labels.pt", (n,), torch.int64)
+        if feats is None or labels is None:
+            missing.append(split)
+        else:
+            out[f"{split}_feats"], out[f"{split}_labels"] = feats, labels
+    if not missing:
+        return out
+
+    device = torch.device(device) if device is not None else default_device()
+    model, preprocess, _ = load_clip(p, device=device)
+    backbone, _ = split_visual(model)
+    if (folder / "meta.json").exists():
+        os.unlink(folder / "meta.json")  # the cache is incomplete until every split is written
+    for split in missing:
+        ds = feature_dataset(p, split, transform=preprocess)
+        if len(ds) != p.counts[split]:
+            raise RuntimeError(f"{split} has {len(ds)} images, the profile expects {p.counts[split]}")
+        loader = DataLoader(ds, batch_size=batch_size or p.batch_size, shuffle=False,
+                            num_workers=num_workers)
+        feats, labels = extract_features(backbone, loader, device, progress, desc=split)
+        _atomic_save(feats, folder / f"{split}_feats.pt")
+        _atomic_save(labels, folder / f"{split}_labels.pt")
+        out[f"{split}_feats"], out[f"{split}_labels"] = feats, labels
+    meta = dict(want, package_version=__version__,
+                extracted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _atomic_save(meta, folder / "meta.json")
+    return {k: out[k] for k in FEATURE_KEYS}
+
+
+def cached(name: str, compute: Callable[[], dict], profile: str | Profile | None = None,
+           meta: dict | None = None) -> dict:
+    """Return ``compute()``'s dict of tensors, cached in ``features/<profile>/<name>.pt``.
+
+    The cache is keyed by ``meta`` (any JSON-serialisable dict, e.g. a seed and the
+    hyper-parameters) plus the feature cache's own meta; a mismatch or an unreadable file
+    recomputes and rewrites it atomically.
+    """
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"cache name {name!r} must be letters, digits, '_' or '-'")
+    p = get_profile(profile)
+    path = features_dir(p) / f"{name}.pt"
+    key = json.dumps({"meta": meta or {}, "features": expected_meta(p)}, sort_keys=True)
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(blob, dict) and blob.get("key") == key:
+                return blob["value"]
+            print(f"cache: {path.name} was made with other settings; recomputing")
+        except Exception as err:
+            warnings.warn(f"cache: {path.name} is unreadable ({type(err).__name__}); recomputing")
+    value = compute()
+    _atomic_save({"key": key, "value": value}, path)
+    return value

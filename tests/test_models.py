@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ood_utils import models
+from ood_utils.data import feature_dataset, load_fashion_mnist
+from ood_utils.profiles import FASHION_MNIST_CLASSES
+from ood_utils.train_clip import images_to_tensor
+
+
+@pytest.fixture(scope="module")
+def miniclip():
+    return models.load_clip("miniclip")
+
+
+def test_split_visual_recomposes_encode_image(miniclip):
+    model, preprocess, _ = miniclip
+    ds = feature_dataset("miniclip", "id_test", transform=preprocess)
+    x = torch.stack([ds[i][0] for i in range(8)])
+    backbone, projection = models.split_visual(model)
+    with torch.no_grad():
+        feats = backbone(x)
+        assert feats.shape == (8, 320)
+        torch.testing.assert_close(projection(feats), model.encode_image(x), rtol=1e-4, atol=1e-5)
+        emb = models.image_embeddings(model, feats)
+        torch.testing.assert_close(emb, F.normalize(model.encode_image(x), dim=-1),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_text_embeddings_average_normalised_prompts(miniclip):
+    model, _, tokenizer = miniclip
+    names, templates = ["Trouser", "Bag"], ["a photo of a {}.", "a {}."]
+    got = models.text_embeddings(model, tokenizer, names, templates)
+    with torch.no_grad():
+        rows = []
+        for n in names:
+            e = F.normalize(model.encode_text(tokenizer([t.format(n) for t in templates])), dim=-1)
+            rows.append(F.normalize(e.mean(0), dim=0))
+    torch.testing.assert_close(got, torch.stack(rows), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="template"):
+        models.text_embeddings(model, tokenizer, names, ["no placeholder"])
+
+
+def test_batched_preprocessing_equals_open_clip_preprocess(miniclip):
+    model, preprocess, _ = miniclip
+    images, _ = load_fashion_mnist("test")
+    cfg = model.visual.preprocess_cfg
+    batched = images_to_tensor(images[:5], cfg["mean"], cfg["std"])
+    by_hand = torch.stack([preprocess(Image.fromarray(np.pad(im, 2)).convert("RGB"))
+                           for im in images[:5]])
+    torch.testing.assert_close(batched, by_hand, rtol=0, atol=1e-5)
+
+
+def test_shipped_tiny_clip_zero_shot_accuracy_at_least_80(miniclip):
+    model, _, tokenizer = miniclip
+    images, labels = load_fashion_mnist("test")
+    cfg = model.visual.preprocess_cfg
+    x = images_to_tensor(images, cfg["mean"], cfg["std"])
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(
+            tokenizer([f"a photo of a {c}." for c in FASHION_MNIST_CLASSES])), dim=-1)
+        pred = torch.cat([(F.normalize(model.encode_image(x[i:i + 2000]), dim=-1) @ text.T).argmax(1)
+                          for i in range(0, len(x), 2000)])
+    accuracy = (pred.numpy() == labels).mean() * 100
+    print(f"zero-shot accuracy {accuracy:.2f}%")
+    assert accuracy >= 80
+
+
+def test_shipped_weights_match_model_card():
+    card = (models.ASSETS / "MODEL_CARD.md").read_text()
+    assert models.sha256(models.MINICLIP_WEIGHTS) in card
+    assert models.MINICLIP_WEIGHTS.stat().st_size <= 20 * 2**20
+
+
+def test_clip_profile_code_path_with_random_weights():
+    """The convnext_base_w architecture of the `clip` profile, offline (no pretrained weights)."""
+    model, preprocess, tokenizer = models.load_clip("clip", pretrained=None)
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+    x = torch.stack([preprocess(im) for im in imgs])
+    assert x.shape == (2, 3, 256, 256)
+    backbone, projection = models.split_visual(model)
+    with torch.no_grad():
+        feats = backbone(x)
+        assert feats.shape == (2, 1024)
+        assert projection(feats).shape == (2, 640)
+    assert tokenizer(["a photo of a cat."]).shape == (1, 77)
+
+
+def test_clip_weights_missing_offline_is_a_clear_fast_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OOD_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(models.WeightsMissingError, match="python -m ood_utils download"):
+        models.load_clip("clip")
