@@ -51,9 +51,9 @@ def run_course(profile: str | None = None, only: list[str] | None = None,
         nb = nbformat.read(book, as_version=4)
         start = time.time()
         result = execute_notebook(nb, cwd=book.parent, env=env, cell_timeout=cell_timeout,
-                                  progress=True)
+                                  progress=book.stem)
         seconds = time.time() - start
-        nbformat.write(result.notebook, executed_dir / book.name)
+        nbformat.write(result.nb, executed_dir / book.name)
         if result.status == "ok":
             print(f"  ok      {book.name}  ({seconds:.0f} s)")
         else:

@@ -104,6 +104,7 @@ def _atomic_save(obj, path: Path) -> None:
             Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True))
         else:
             torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
