@@ -63,8 +63,10 @@ def cmd_zero_shot(args) -> int:
 
 
 def cmd_train_miniclip(args) -> int:
+    from .models import MINICLIP_WEIGHTS
     from .train_clip import train_miniclip
 
+    args.out = args.out or str(MINICLIP_WEIGHTS)
     result = train_miniclip(epochs=args.epochs, seed=args.seed, limit=args.limit, out=args.out,
                             batch_size=args.batch_size)
     print(f"final loss {result['final_loss']}, zero-shot accuracy "
@@ -129,13 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zero-shot", help="zero-shot accuracy of the shipped tiny CLIP")
     p.set_defaults(func=cmd_zero_shot)
 
-    from .models import MINICLIP_WEIGHTS
     p = sub.add_parser("train-miniclip", help="re-create the tiny CLIP weights from a fixed seed")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
-    p.add_argument("--out", default=str(MINICLIP_WEIGHTS),
+    p.add_argument("--out", default=None,
                    help="where to write the weights (default: the package's own file)")
     p.set_defaults(func=cmd_train_miniclip)
 

@@ -97,10 +97,12 @@ def build_model(seed: int):
 
 def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
                    weight_decay: float = 0.05, seed: int = 0, limit: int | None = None,
-                   out: Path | str | None = MINICLIP_WEIGHTS, progress: bool = True) -> dict:
+                   out: Path | str | None = MINICLIP_WEIGHTS, progress: bool = True,
+                   eval_limit: int | None = None) -> dict:
     """Train the tiny CLIP from scratch and (optionally) save it with its model card.
 
-    ``limit`` trains on the first ``limit`` images only (for quick demos and tests).
+    ``limit`` trains on the first ``limit`` images only and ``eval_limit`` measures the
+    zero-shot accuracy on the first ``eval_limit`` test images only (quick demos and tests).
     Returns a dict with the final loss, zero-shot accuracy before/after, and the model.
     """
     torch.manual_seed(seed)
@@ -114,6 +116,8 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
     test_img, test_lab = load_fashion_mnist("test")
     if limit is not None:
         train_img, train_lab = train_img[:limit], train_lab[:limit]
+    if eval_limit is not None:
+        test_img, test_lab = test_img[:eval_limit], test_lab[:eval_limit]
     x_train = images_to_tensor(train_img, mean, std)
     x_test = images_to_tensor(test_img, mean, std)
     y_train = torch.from_numpy(train_lab)
