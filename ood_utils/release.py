@@ -283,6 +283,25 @@ def release_notebook(nb, name: str = "notebook"):
     return out
 
 
+def lock_readonly_cells(nb, prefix: str) -> int:
+    """Mark every code cell that is neither a solution nor a check cell as locked (in place).
+
+    Each gets nbgrader metadata ``{"grade": false, "solution": false, "locked": true,
+    "grade_id": "<prefix>_cellNN"}`` so that the grader restores it from the instructor copy
+    (a student cannot edit the setup or plotting code to change a grade). Returns how many
+    cells were marked; cells that already have nbgrader metadata are left alone.
+    """
+    marked = 0
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or "nbgrader" in cell.get("metadata", {}):
+            continue
+        cell.metadata["nbgrader"] = {"grade": False, "solution": False, "locked": True,
+                                     "grade_id": f"{prefix}_cell{index:02d}",
+                                     "schema_version": 3}
+        marked += 1
+    return marked
+
+
 # --------------------------------------------------------------------------- files
 def _write_atomic(nb, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,222 @@
+"""Plots shared by the notebooks: score histograms, ROC curves, confusion matrices, image grids.
+
+Every function draws on ``ax`` when given (so plots can share a figure) or on a new figure,
+and returns the axes (or the figure for :func:`image_grid`). Scores follow the course
+convention "higher = more in-distribution".
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from . import metrics
+from ._arrays import check_array, to_numpy
+
+
+def _scores(x: Any, name: str) -> np.ndarray:
+    check_array(x, name, ndim=1)
+    return np.asarray(to_numpy(x, name), dtype=np.float64)
+
+
+def _axes(ax, figsize=(6, 4)):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def score_histograms(score_in: Any, score_out: Any, title: str = "", ax=None, bins: int = 60,
+                     labels: tuple[str, str] = ("ID test", "OOD test")):
+    """Overlaid, density-normalised histograms of ID and OOD scores, AUROC in the legend title.
+
+    Parameters
+    ----------
+    score_in, score_out : array or tensor, shape (N_in,) and (N_out,)
+    title : axes title.
+    ax : matplotlib axes to draw on (default: a new figure).
+    bins : number of shared bins.
+    labels : legend entries of the two histograms.
+
+    Returns
+    -------
+    matplotlib axes
+    """
+    s_in, s_out = _scores(score_in, "score_in"), _scores(score_out, "score_out")
+    ax = _axes(ax)
+    lo, hi = min(s_in.min(), s_out.min()), max(s_in.max(), s_out.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    ax.hist(s_in, bins=edges, density=True, alpha=0.55, label=f"{labels[0]} (n={len(s_in)})",
+            color="tab:blue")
+    ax.hist(s_out, bins=edges, density=True, alpha=0.55, label=f"{labels[1]} (n={len(s_out)})",
+            color="tab:red")
+    ax.set_xlabel("score (higher = more in-distribution)")
+    ax.set_ylabel("density")
+    ax.legend(title=f"AUROC {metrics.auroc(s_in, s_out):.2f}", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def roc_curves(curves: Mapping[str, tuple[Any, Any]], ax=None, title: str = "ROC curves"):
+    """ROC curves (ID positive) of several methods on one axes, AUROC in each legend entry.
+
+    Parameters
+    ----------
+    curves : ``{name: (score_in, score_out)}``.
+    ax : matplotlib axes (default: a new figure).
+    title : axes title.
+
+    Returns
+    -------
+    matplotlib axes
+    """
+    if not curves:
+        raise ValueError("curves is empty; pass {name: (score_in, score_out)} for at least one method")
+    ax = _axes(ax, figsize=(5.5, 5))
+    for name, pair in curves.items():
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(f"curves[{name!r}] must be a pair (score_in, score_out)")
+        s_in, s_out = _scores(pair[0], f"{name} score_in"), _scores(pair[1], f"{name} score_out")
+        fpr, tpr = metrics.roc_curve(s_in, s_out)
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} ({metrics.auroc(s_in, s_out):.1f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (50.0)")
+    ax.axvline(0.05, color="lightgrey", lw=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (OOD accepted)")
+    ax.set_ylabel("true positive rate (ID accepted)")
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="lower right")
+    return ax
+
+
+def confusion_matrix_plot(cm: Any, labels: Sequence[str], title: str = "", ax=None,
+                          normalize: bool = False, cmap: str = "Blues"):
+    """Draw a confusion matrix (rows = true class, columns = prediction) with counts in cells.
+
+    Parameters
+    ----------
+    cm : array or tensor, shape (C, C), counts.
+    labels : C class names, in the order of the rows.
+    title : axes title.
+    ax : matplotlib axes (default: a new figure).
+    normalize : show row fractions instead of counts.
+
+    Returns
+    -------
+    matplotlib axes
+    """
+    check_array(cm, "cm", ndim=2)
+    m = np.asarray(to_numpy(cm, "cm"), dtype=np.float64)
+    if m.shape[0] != m.shape[1]:
+        raise ValueError(f"cm must be square (C, C), got shape {m.shape}")
+    if len(labels) != m.shape[0]:
+        raise ValueError(f"labels has {len(labels)} names but cm has {m.shape[0]} rows")
+    if normalize:
+        m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.55 * len(labels) + 2)
+    ax = _axes(ax, figsize=(size, size))
+    im = ax.imshow(m, cmap=cmap)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ticks = np.arange(len(labels))
+    ax.set_xticks(ticks, labels=list(labels), rotation=45, ha="right")
+    ax.set_yticks(ticks, labels=list(labels))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 20:
+        thresh = m.max() / 2 if m.size else 0
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                text = f"{m[i, j]:.2f}" if normalize else f"{int(round(m[i, j]))}"
+                ax.text(j, i, text, ha="center", va="center", fontsize="small",
+                        color="white" if m[i, j] > thresh else "black")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def image_grid(images: Any, titles: Sequence[str] | None = None, ncols: int = 8,
+               cmap: str | None = None, size: float = 1.6):
+    """Show images in a grid with optional titles.
+
+    Parameters
+    ----------
+    images : array or tensor, (N, H, W) grey, (N, H, W, 3) or (N, 3, H, W) colour; uint8 or
+        float (floats are rescaled to [0, 1] per image for display).
+    titles : N strings, or ``None``.
+    ncols : images per row.
+    cmap : colour map for grey images (default ``"gray"``).
+    size : inches per image.
+
+    Returns
+    -------
+    matplotlib figure
+    """
+    arr = np.asarray(to_numpy(images, "images"))
+    if arr.ndim not in (3, 4) or len(arr) == 0:
+        raise ValueError(f"images must have shape (N, H, W) or (N, H, W, C)/(N, C, H, W) with "
+                         f"N >= 1, got {arr.shape}")
+    if arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(0, 2, 3, 1)  # channels first -> last
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if titles is not None and len(titles) != len(arr):
+        raise ValueError(f"titles has {len(titles)} entries but there are {len(arr)} images")
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    n = len(arr)
+    ncols = min(ncols, n)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3 * nrows),
+                             squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        img = arr[k]
+        if img.dtype.kind == "f":
+            lo, hi = float(img.min()), float(img.max())
+            img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+        ax.imshow(img, cmap=cmap or ("gray" if img.ndim == 2 else None))
+        if titles is not None:
+            ax.set_title(str(titles[k]), fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def auroc_bars(values: Mapping[str, float], expected: Mapping[str, float] | None = None,
+               ax=None, title: str = "AUROC per method"):
+    """Horizontal bars of AUROC (percent) per method, with expected values as markers.
+
+    Parameters
+    ----------
+    values : ``{name: auroc}`` of the recorded methods.
+    expected : optional ``{name: expected auroc}``; drawn as black ticks.
+    ax : matplotlib axes (default: a new figure).
+
+    Returns
+    -------
+    matplotlib axes
+    """
+    if not values:
+        raise ValueError("values is empty: record at least one method first")
+    names = list(values)
+    ax = _axes(ax, figsize=(7, 0.4 * len(names) + 1.2))
+    y = np.arange(len(names))
+    ax.barh(y, [values[n] for n in names], color="tab:blue", alpha=0.8, label="measured")
+    if expected:
+        pts = [(i, expected[n]) for i, n in enumerate(names) if expected.get(n) is not None]
+        if pts:
+            ax.scatter([v for _, v in pts], [i for i, _ in pts], marker="|", s=250, color="black",
+                       label="expected", zorder=3)
+    ax.axvline(50, color="grey", ls="--", lw=1)
+    ax.set_yticks(y, labels=names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("AUROC (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="lower right")
+    return ax

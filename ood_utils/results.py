@@ -1,0 +1,235 @@
+"""The course's results file: every notebook records its scores here, notebook 08 reads them.
+
+Layout under :func:`ood_utils.profiles.results_dir` (``results/`` by default)::
+
+    <profile>.json            {"profile": ..., "aurocs": {check_id: float}, "fpr95": {...},
+                               "aupr_in": {...}, "aupr_out": {...}}   (percent)
+    <profile>_scores/<id>.npz score_in, score_out (float64) of each recorded check, for ROC plots
+
+Writes are atomic (temporary file + ``os.replace``) and serialised with a lock file; the JSON is
+read, validated and merged before every write, so notebooks recording different checks never
+lose each other's entries, and a damaged file is replaced (with a warning) instead of crashing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from ._arrays import check_array, to_numpy
+from .expected import CHECK_IDS, LABELS, NOTEBOOKS, get_expected
+from .profiles import Profile, get_profile, results_dir
+
+METRIC_KEYS = ("aurocs", "fpr95", "aupr_in", "aupr_out")
+# key of ood_utils.metrics.ood_metrics() for every key of the JSON file
+_FROM_METRICS = {"aurocs": "auroc", "fpr95": "fpr95", "aupr_in": "aupr_in", "aupr_out": "aupr_out"}
+
+
+def results_path(profile: str | Profile | None = None) -> Path:
+    """``results/<profile>.json``."""
+    return results_dir() / f"{get_profile(profile).name}.json"
+
+
+def scores_dir(profile: str | Profile | None = None) -> Path:
+    """``results/<profile>_scores/``: one ``<check_id>.npz`` per recorded check."""
+    return results_dir() / f"{get_profile(profile).name}_scores"
+
+
+def _empty(name: str) -> dict:
+    return {"profile": name, **{k: {} for k in METRIC_KEYS}}
+
+
+def _validated(data: Any, name: str) -> dict:
+    """Keep the well-formed part of a results dict; raise ``ValueError`` if nothing is usable."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    if data.get("profile") != name:
+        raise ValueError(f"file belongs to profile {data.get('profile')!r}, not {name!r}")
+    clean = _empty(name)
+    for key in METRIC_KEYS:
+        section = data.get(key, {})
+        if not isinstance(section, dict):
+            raise ValueError(f"section {key!r} is not an object")
+        for cid, value in section.items():
+            if cid in CHECK_IDS and isinstance(value, (int, float)) and math.isfinite(value):
+                clean[key][cid] = float(value)
+    return clean
+
+
+def load(profile: str | Profile | None = None) -> dict:
+    """The recorded results of ``profile``; an empty structure when nothing is recorded.
+
+    Returns ``{"profile": name, "aurocs": {...}, "fpr95": {...}, "aupr_in": {...},
+    "aupr_out": {...}}`` with values in percent.
+    """
+    name = get_profile(profile).name
+    path = results_path(name)
+    if not path.is_file():
+        return _empty(name)
+    try:
+        return _validated(json.loads(path.read_text()), name)
+    except (OSError, ValueError) as err:
+        warnings.warn(f"{path} is not a valid results file ({err}); treating it as empty")
+        return _empty(name)
+
+
+@contextmanager
+def _locked(path: Path):
+    """Serialise read-merge-write cycles of several processes on ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as fh:
+        try:
+            import fcntl
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no POSIX locks (Windows): atomic replace still holds
+            pass
+        yield
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _as_scores(x: Any, name: str) -> np.ndarray:
+    check_array(x, name, ndim=1)
+    return np.asarray(to_numpy(x, name), dtype=np.float64)
+
+
+def record(check_id: str, score_in: Any, score_out: Any,
+           profile: str | Profile | None = None, quiet: bool = False) -> dict[str, float]:
+    """Compute the four metrics of one method and store them with its scores.
+
+    Parameters
+    ----------
+    check_id : one of :data:`ood_utils.expected.CHECK_IDS`.
+    score_in, score_out : array or tensor, shape (N_in,) and (N_out,)
+        Scores of the ID and OOD test samples, higher = more in-distribution.
+    profile : profile name (default: the active one).
+    quiet : do not print the one-line summary.
+
+    Returns
+    -------
+    dict with keys ``auroc``, ``fpr95``, ``aupr_in``, ``aupr_out`` (percent), as in
+    :func:`ood_utils.metrics.ood_metrics`.
+    """
+    name = get_profile(profile).name
+    if check_id not in CHECK_IDS:
+        raise ValueError(f"check_id {check_id!r} is unknown; use one of {', '.join(CHECK_IDS)}")
+    s_in = _as_scores(score_in, "score_in")
+    s_out = _as_scores(score_out, "score_out")
+    values = metrics.ood_metrics(s_in, s_out)
+
+    npz = scores_dir(name) / f"{check_id}.npz"
+    def write_npz(tmp):
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+            np.savez(fh, score_in=s_in, score_out=s_out)
+
+    _atomic_write(npz, write_npz)
+
+    path = results_path(name)
+    with _locked(path):
+        data = load(name)
+        for key in METRIC_KEYS:
+            data[key][check_id] = round(values[_FROM_METRICS[key]], 6)
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(
+            json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    if not quiet:
+        print(f"recorded {check_id} in {path.name}: AUROC {values['auroc']:.2f}, "
+              f"FPR@95TPR {values['fpr95']:.2f}, AUPR-in {values['aupr_in']:.2f}, "
+              f"AUPR-out {values['aupr_out']:.2f}")
+    return values
+
+
+def load_scores(profile: str | Profile | None = None,
+                check_ids=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Saved ``(score_in, score_out)`` per check id, for the ones that were recorded.
+
+    Unreadable files are skipped with a warning.
+    """
+    folder = scores_dir(profile)
+    out = {}
+    for cid in check_ids or CHECK_IDS:
+        f = folder / f"{cid}.npz"
+        if not f.is_file():
+            continue
+        try:
+            with np.load(f) as z:
+                out[cid] = (z["score_in"], z["score_out"])
+        except (OSError, ValueError, KeyError) as err:
+            warnings.warn(f"skipping unreadable scores file {f} ({type(err).__name__})")
+    return out
+
+
+def table(profile: str | Profile | None = None) -> list[dict]:
+    """One row per check id: measured metrics, expected AUROC, tolerance, pass/fail.
+
+    Row keys: ``check_id``, ``label``, ``notebook``, ``value`` (AUROC or ``None`` if not
+    recorded), ``fpr95``, ``aupr_in``, ``aupr_out``, ``expected``, ``tol`` (``None`` where the
+    answer key has no target), ``passed`` (``True``/``False``, or ``None`` when either the result
+    or the target is missing).
+    """
+    name = get_profile(profile).name
+    data = load(name)
+    rows = []
+    for cid in CHECK_IDS:
+        exp = get_expected(cid, name)
+        value = data["aurocs"].get(cid)
+        passed = exp.accepts(value) if (value is not None and exp.is_set) else None
+        rows.append({
+            "check_id": cid, "label": LABELS[cid], "notebook": NOTEBOOKS[cid],
+            "value": value,
+            "fpr95": data["fpr95"].get(cid),
+            "aupr_in": data["aupr_in"].get(cid),
+            "aupr_out": data["aupr_out"].get(cid),
+            "expected": exp.value, "tol": exp.tol, "passed": passed,
+        })
+    return rows
+
+
+def missing_notebooks(profile: str | Profile | None = None) -> list[str]:
+    """Notebooks whose results are not recorded yet, in course order."""
+    todo = {r["notebook"] for r in table(profile) if r["value"] is None}
+    return sorted(todo)
+
+
+def format_table(profile: str | Profile | None = None) -> str:
+    """The results table as fixed-width text (used by ``python -m ood_utils course``)."""
+    name = get_profile(profile).name
+
+    def num(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    header = (f"{'check':<14} {'method':<20} {'AUROC':>7} {'expected':>9} {'tol':>5} "
+              f"{'FPR95':>7} {'AUPR-in':>8} {'AUPR-out':>8}  status")
+    lines = [f"Results for profile {name} (percent; ID = positive class)", header,
+             "-" * len(header)]
+    for r in table(name):
+        if r["passed"] is True:
+            status = "pass"
+        elif r["passed"] is False:
+            status = "FAIL"
+        elif r["value"] is None:
+            status = f"not run ({r['notebook']})"
+        else:
+            status = "no target"
+        lines.append(f"{r['check_id']:<14} {r['label']:<20} {num(r['value']):>7} "
+                     f"{num(r['expected']):>9} {num(r['tol']):>5} {num(r['fpr95']):>7} "
+                     f"{num(r['aupr_in']):>8} {num(r['aupr_out']):>8}  {status}")
+    return "\n".join(lines)

@@ -1,0 +1,414 @@
+"""Tests of ood_utils.scores against independent computations (scikit-learn, SciPy, by hand)."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+from scipy.special import softmax as scipy_softmax
+from sklearn.cluster import KMeans
+from sklearn.neighbors import NearestNeighbors
+
+from ood_utils import scores
+
+
+def rng_feats(seed, n, d, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(dtype)
+
+
+def blobs(seed, centres, n_per, spread, sizes=None):
+    """Gaussian blobs around ``centres``; returns (features float64, labels int64)."""
+    rng = np.random.default_rng(seed)
+    sizes = sizes or [n_per] * len(centres)
+    x = np.concatenate([c + spread * rng.standard_normal((n, len(c)))
+                        for c, n in zip(centres, sizes)])
+    y = np.concatenate([np.full(n, i) for i, n in enumerate(sizes)]).astype(np.int64)
+    return x, y
+
+
+# ----------------------------------------------------------------------------- kNN
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_matches_sklearn_cosine(k):
+    train, test = rng_feats(0, 300, 12), rng_feats(1, 50, 12)
+    nn_ = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(train)
+    dist, _ = nn_.kneighbors(test)
+    expected = 1.0 - dist[:, k - 1]
+    got = scores.knn_scores(train, test, k=k)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_knn_training_point_has_similarity_one():
+    train = rng_feats(2, 40, 5)
+    got = scores.knn_scores(train, train[:7] * 3.0)  # scaling does not change the cosine
+    np.testing.assert_allclose(got, 1.0, atol=1e-6)
+
+
+def test_knn_chunked_equals_unchunked():
+    train, test = rng_feats(3, 500, 16), rng_feats(4, 103, 16)
+    whole = scores.knn_scores(train, test, k=2, chunk_size=1000)
+    for chunk in (1, 7, 50):
+        np.testing.assert_allclose(scores.knn_scores(train, test, k=2, chunk_size=chunk),
+                                   whole, atol=1e-6)
+
+
+def test_knn_kinds():
+    train, test = rng_feats(5, 60, 4), rng_feats(6, 9, 4)
+    out_np = scores.knn_scores(train, test)
+    out_t = scores.knn_scores(torch.from_numpy(train), torch.from_numpy(test))
+    assert isinstance(out_np, np.ndarray) and out_np.shape == (9,)
+    assert isinstance(out_t, torch.Tensor) and out_t.shape == (9,)
+    assert out_t.dtype == torch.float32 and not out_t.is_inference()
+    np.testing.assert_allclose(out_t.numpy(), out_np, atol=1e-6)
+    # float64 input is accepted (computed in float32)
+    np.testing.assert_allclose(scores.knn_scores(train.astype(np.float64), test), out_np,
+                               atol=1e-6)
+
+
+def test_knn_bad_k():
+    train, test = rng_feats(7, 5, 3), rng_feats(8, 2, 3)
+    with pytest.raises(ValueError, match="k=6 exceeds"):
+        scores.knn_scores(train, test, k=6)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        scores.knn_scores(train, test, k=0)
+
+
+# ----------------------------------------------------------------------------- Mahalanobis
+
+def scipy_md(train, labels, test, relative, inverse=np.linalg.inv):
+    """Direct computation with scipy.spatial.distance.mahalanobis, one point at a time."""
+    classes = [c for c in np.unique(labels) if (labels == c).sum() >= 2]
+    means = [train[labels == c].mean(axis=0) for c in classes]
+    cov = np.mean([np.cov(train[labels == c], rowvar=False) for c in classes], axis=0)
+    vi = inverse(cov)
+    vi0 = inverse(np.cov(train, rowvar=False))
+    mu0 = train.mean(axis=0)
+    out = []
+    for x in test:
+        d2 = np.array([scipy_mahalanobis(x, mu, vi) ** 2 for mu in means])
+        if relative:
+            d2 = d2 - scipy_mahalanobis(x, mu0, vi0) ** 2
+        out.append(-d2.min())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_mahalanobis_matches_scipy(relative):
+    rng = np.random.default_rng(10)
+    # unequal class sizes and class-specific covariances: the unweighted mean of per-class
+    # covariances then differs from one covariance of the class-centred data
+    centres = rng.normal(0, 3, (3, 5))
+    x, y = blobs(11, centres, 0, 1.0, sizes=[40, 90, 25])
+    x[y == 1] *= np.array([1.0, 2.0, 0.5, 1.0, 3.0])
+    labels = np.array([-3, 5, 100])[y]  # arbitrary, non-contiguous ids
+    test = rng.normal(0, 3, (8, 5))
+    expected = scipy_md(x, labels, test, relative)
+    got = scores.mahalanobis_scores(x, labels, test, relative=relative)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-8)
+
+
+def test_mahalanobis_gaussian_mixture_ordering():
+    centres = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
+    x, y = blobs(12, centres, 200, 1.0)
+    far = np.array([[40.0, 40.0, 40.0], [-30.0, 5.0, 0.0], [5.0, 5.0, 25.0]])
+    for relative in (False, True):
+        at_means = scores.mahalanobis_scores(x, y, centres, relative=relative)
+        at_far = scores.mahalanobis_scores(x, y, far, relative=relative)
+        assert at_means.min() > at_far.max()
+    # a point at a class mean has MD score close to 0 (the exact class mean gives exactly 0)
+    exact = np.stack([x[y == c].mean(axis=0) for c in range(3)])
+    np.testing.assert_allclose(scores.mahalanobis_scores(x, y, exact), 0.0, atol=1e-9)
+
+
+def test_mahalanobis_singular_covariance_from_duplicate_column():
+    x, y = blobs(13, np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 0.0]]), 60, 1.0)
+    test = np.random.default_rng(14).normal(0, 3, (10, 3))
+    dup = lambda a: np.concatenate([a, a[:, :1]], axis=1)  # noqa: E731
+    for relative in (False, True):
+        got = scores.mahalanobis_scores(dup(x), y, dup(test), relative=relative)
+        assert np.isfinite(got).all()
+        # the pseudo-inverse ignores the redundant direction: same as without the copy
+        np.testing.assert_allclose(
+            got, scores.mahalanobis_scores(x, y, test, relative=relative), rtol=1e-6)
+        np.testing.assert_allclose(
+            got, scipy_md(dup(x), y, dup(test), relative, inverse=np.linalg.pinv), rtol=1e-6)
+
+
+def test_mahalanobis_more_dims_than_samples_does_not_crash():
+    x = rng_feats(15, 12, 30, np.float64)
+    y = np.repeat([0, 1, 2], 4)
+    got = scores.mahalanobis_scores(x, y, rng_feats(16, 5, 30, np.float64), relative=True)
+    assert got.shape == (5,) and np.isfinite(got).all()
+
+
+def test_mahalanobis_single_sample_class_is_skipped_with_warning():
+    x, y = blobs(17, np.array([[0.0, 0.0], [5.0, 5.0]]), 30, 1.0)
+    lonely = np.array([[50.0, -50.0]])
+    x2, y2 = np.concatenate([x, lonely]), np.r_[y, 42]
+    test = np.array([[50.0, -50.0], [0.0, 0.0], [5.0, 4.0]])
+    with pytest.warns(UserWarning, match=r"ids: 42"):
+        got = scores.mahalanobis_scores(x2, y2, test)
+    # same as never having seen that sample: its class gets no Gaussian
+    np.testing.assert_allclose(got, scores.mahalanobis_scores(x, y, test), rtol=1e-10)
+    assert got[0] < got[1]  # the lonely point is not treated as a class mean
+
+
+def test_scorers_leave_inputs_unchanged():
+    x, y = blobs(23, np.array([[0.0, 0.0], [5.0, 5.0]]), 30, 1.0)
+    for train in (x.copy(), torch.from_numpy(x.copy()), x.astype(np.float32)):
+        before = train.clone() if isinstance(train, torch.Tensor) else train.copy()
+        scores.mahalanobis_scores(train, y, train[:5], relative=True)
+        scores.knn_scores(train, train[:5], k=2)
+        scores.kmeans_mahalanobis_scores(train, train[:5], 2)
+        if isinstance(train, torch.Tensor):
+            assert torch.equal(before, train)
+        else:
+            np.testing.assert_array_equal(before, train)
+
+
+def test_mahalanobis_all_classes_singletons():
+    x = rng_feats(18, 4, 3)
+    with pytest.raises(ValueError, match="fewer than two samples"):
+        scores.mahalanobis_scores(x, np.arange(4), x)
+
+
+def test_mahalanobis_torch_in_torch_out():
+    x, y = blobs(19, np.array([[0.0, 0.0], [5.0, 5.0]]), 30, 1.0)
+    t = torch.from_numpy(x).float()
+    got = scores.mahalanobis_scores(t, torch.from_numpy(y), t[:4], relative=True)
+    assert isinstance(got, torch.Tensor) and got.shape == (4,)
+    np.testing.assert_allclose(
+        got.numpy(), scipy_md(x.astype(np.float32).astype(np.float64), y, x[:4], True),
+        rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- k-means (SSD)
+
+def test_kmeans_mahalanobis_blobs():
+    centres = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [20.0, 20.0]])
+    x, _ = blobs(20, centres, 100, 1.0)
+    inside = centres + 0.5
+    far = np.array([[60.0, -40.0], [-50.0, 10.0], [10.0, 80.0]])
+    for relative in (False, True):
+        s_in = scores.kmeans_mahalanobis_scores(x, inside, 4, relative=relative)
+        s_far = scores.kmeans_mahalanobis_scores(x, far, 4, relative=relative)
+        assert s_in.min() > s_far.max()
+
+
+def test_kmeans_mahalanobis_uses_sklearn_clusters():
+    x = rng_feats(21, 300, 4, np.float64)
+    test = rng_feats(22, 20, 4, np.float64)
+    got, km = scores.kmeans_mahalanobis_scores(x, test, 5, seed=3, return_kmeans=True)
+    assert km.n_clusters == 5
+    labels = KMeans(5, random_state=3, n_init=1).fit(x.astype(np.float32)).labels_
+    np.testing.assert_allclose(got, scipy_md(x, labels, test, False), rtol=1e-6, atol=1e-8)
+    t = scores.kmeans_mahalanobis_scores(torch.from_numpy(x), torch.from_numpy(test), 5, seed=3)
+    assert isinstance(t, torch.Tensor)
+    np.testing.assert_allclose(t.numpy(), got, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- MSP, labels
+
+def test_msp_matches_scipy_softmax():
+    logits = rng_feats(30, 25, 6, np.float64) * 4
+    for temperature in (1.0, 0.5, 3.0):
+        expected = scipy_softmax(logits / temperature, axis=1).max(axis=1)
+        np.testing.assert_allclose(scores.msp_scores(logits, temperature), expected, rtol=1e-12)
+    t = scores.msp_scores(torch.from_numpy(logits).float())
+    assert isinstance(t, torch.Tensor) and t.shape == (25,)
+    np.testing.assert_allclose(t.numpy(), scipy_softmax(logits, axis=1).max(axis=1), rtol=1e-6)
+
+
+def test_msp_does_not_saturate_in_float32():
+    logits = torch.tensor([[0.0, 20.0], [0.0, 25.0]], dtype=torch.float32)
+    s = scores.msp_scores(logits)
+    assert s[0] > 0.5 and s[1] > s[0]  # float32 softmax would give 1.0 for both
+    assert s[0] < 1.0
+
+
+def test_pseudo_labels():
+    logits = rng_feats(31, 40, 7)
+    np.testing.assert_array_equal(scores.pseudo_labels(logits), np.argmax(logits, axis=1))
+    t = scores.pseudo_labels(torch.from_numpy(logits))
+    assert t.dtype == torch.int64
+    assert scores.pseudo_labels(logits).dtype == np.int64
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+@pytest.fixture(scope="module")
+def probe_data():
+    rng = np.random.default_rng(40)
+    centres = rng.normal(0, 1, (3, 20)) * 2.5
+    x, y = blobs(41, centres, 200, 1.0)
+    xv, yv = blobs(42, centres, 100, 1.0)
+    return x.astype(np.float32), y, xv.astype(np.float32), yv
+
+
+def test_probe_learns_separable_data(probe_data):
+    x, y, xv, yv = probe_data
+    layer = scores.train_linear_probe(x, y, xv, yv, epochs=10, lr=1e-2, progress=False)
+    assert isinstance(layer, torch.nn.Linear) and (layer.in_features, layer.out_features) == (20, 3)
+    acc = (scores.probe_logits(layer, xv).argmax(axis=1) == yv).mean()
+    assert acc > 0.9  # chance is 1/3
+    assert len(layer.history) == 10
+    assert set(layer.history[0]) == {"epoch", "loss", "val_acc"}
+
+
+def test_probe_is_reproducible_and_leaves_global_rng_alone(probe_data):
+    x, y, xv, yv = probe_data
+    state = torch.get_rng_state()
+    a = scores.train_linear_probe(x, y, xv, yv, epochs=3, seed=7, progress=False)
+    assert torch.equal(state, torch.get_rng_state())
+    b = scores.train_linear_probe(torch.from_numpy(x), torch.from_numpy(y), xv, yv,
+                                  epochs=3, seed=7, progress=False)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert a.history == b.history
+    c = scores.train_linear_probe(x, y, xv, yv, epochs=3, seed=8, progress=False)
+    assert not torch.equal(a.weight, c.weight)
+
+
+def test_probe_keeps_best_validation_epoch(probe_data):
+    x, y, xv, yv = probe_data
+    # validation targets shifted by one class: the better the probe learns the training
+    # targets, the worse its validation accuracy, so the first epoch must be kept
+    wrong = (yv + 1) % 3
+    layer = scores.train_linear_probe(x, y, xv, wrong, epochs=6, lr=0.05, progress=False)
+    accs = [h["val_acc"] for h in layer.history]
+    assert layer.best_epoch == int(np.argmax(accs)) + 1 == 1
+    first = scores.train_linear_probe(x, y, xv, wrong, epochs=1, lr=0.05, progress=False)
+    assert torch.equal(layer.weight, first.weight)
+    own = (scores.probe_logits(layer, xv).argmax(axis=1) == wrong).mean()
+    assert own == pytest.approx(accs[0])
+
+
+def test_probe_num_classes_and_bad_targets(probe_data):
+    x, y, xv, yv = probe_data
+    layer = scores.train_linear_probe(x, y, xv, yv, epochs=1, num_classes=5, progress=False)
+    assert layer.out_features == 5
+    with pytest.raises(ValueError, match="num_classes"):
+        scores.train_linear_probe(x, y, xv, yv, epochs=1, num_classes=2, progress=False)
+    with pytest.raises(ValueError, match="negative"):
+        scores.train_linear_probe(x, y - 1, xv, yv, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="integer"):
+        scores.train_linear_probe(x, y.astype(float), xv, yv, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="columns"):
+        scores.probe_logits(torch.nn.Linear(20, 3), x[:, :5])
+
+
+def test_probe_logits_kind_and_values(probe_data):
+    x = probe_data[0]
+    layer = torch.nn.Linear(20, 3)
+    got = scores.probe_logits(layer, x, batch_size=7)
+    expected = x @ layer.weight.detach().numpy().T + layer.bias.detach().numpy()
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert isinstance(scores.probe_logits(layer, torch.from_numpy(x)), torch.Tensor)
+
+
+# ----------------------------------------------------------------------------- zero-shot
+
+@pytest.fixture(scope="module")
+def miniclip():
+    from ood_utils.models import load_clip
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _, tokenizer = load_clip("miniclip", pretrained=None)
+    return model, tokenizer
+
+
+def _by_hand(model, tokenizer, images, prompts_per_class):
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        text = []
+        for prompts in prompts_per_class:
+            t = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+            text.append(torch.nn.functional.normalize(t.mean(dim=0), dim=-1))
+        return model.logit_scale.exp() * img @ torch.stack(text).T
+
+
+def test_zero_shot_logits_match_clip(miniclip):
+    model, tokenizer = miniclip
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    names = ["T-shirt/top", "Trouser", "Sandal"]
+    with torch.no_grad():
+        trunk = model.visual.trunk(images)
+    got = scores.zero_shot_logits(model, tokenizer, trunk, names)
+    assert isinstance(got, torch.Tensor) and got.shape == (5, 3)
+    expected = _by_hand(model, tokenizer, images, [[n] for n in names])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    got_np = scores.zero_shot_logits(model, tokenizer, trunk.numpy(), names)
+    assert isinstance(got_np, np.ndarray)
+
+
+def test_zero_shot_logits_template_ensemble(miniclip):
+    from ood_utils.models import PLP_TEMPLATES
+
+    model, tokenizer = miniclip
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    names = ["Coat", "Ankle boot"]
+    with torch.no_grad():
+        trunk = model.visual.trunk(images)
+    got = scores.zero_shot_logits(model, tokenizer, trunk, names, templates=PLP_TEMPLATES)
+    expected = _by_hand(model, tokenizer, images,
+                        [[t.format(n) for t in PLP_TEMPLATES] for n in names])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_shot_logits_bad_input(miniclip):
+    model, tokenizer = miniclip
+    with pytest.raises(ValueError, match="class_names"):
+        scores.zero_shot_logits(model, tokenizer, torch.zeros(2, 320), "Coat")
+    with pytest.raises(ValueError, match="columns"):
+        scores.zero_shot_logits(model, tokenizer, torch.zeros(2, 100), ["Coat"])
+    with pytest.raises(ValueError, match="NaN"):
+        scores.zero_shot_logits(model, tokenizer, torch.full((2, 320), float("nan")), ["Coat"])
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _two_feature_scorers():
+    y = np.repeat([0, 1], 5)
+    return {
+        "knn": lambda tr, te: scores.knn_scores(tr, te),
+        "md": lambda tr, te: scores.mahalanobis_scores(tr, y[:len(tr)], te),
+        "kmeans": lambda tr, te: scores.kmeans_mahalanobis_scores(tr, te, 2),
+    }
+
+
+@pytest.mark.parametrize("name", ["knn", "md", "kmeans"])
+def test_feature_validation(name):
+    fn = _two_feature_scorers()[name]
+    good = rng_feats(50, 10, 3)
+    nan = good.copy()
+    nan[2, 1] = np.nan
+    with pytest.raises(ValueError, match="train_feats contains NaN"):
+        fn(nan, good)
+    with pytest.raises(ValueError, match="test_feats contains NaN"):
+        fn(good, nan)
+    with pytest.raises(ValueError, match="test_feats is empty"):
+        fn(good, good[:0])
+    with pytest.raises(ValueError, match=r"train_feats must have shape \(N, D\)"):
+        fn(good[0], good)
+    with pytest.raises(ValueError, match="train_feats has 3 columns but test_feats has 2"):
+        fn(good, good[:, :2])
+
+
+def test_label_validation():
+    x = rng_feats(51, 10, 3)
+    with pytest.raises(ValueError, match="train_labels has 9 entries"):
+        scores.mahalanobis_scores(x, np.zeros(9, dtype=int), x)
+    with pytest.raises(ValueError, match="train_labels must hold integer"):
+        scores.mahalanobis_scores(x, np.zeros(10), x)
+
+
+def test_logit_validation():
+    with pytest.raises(ValueError, match="logits must have shape"):
+        scores.msp_scores(np.zeros(4))
+    with pytest.raises(ValueError, match="temperature"):
+        scores.msp_scores(np.zeros((2, 3)), temperature=0.0)
+    with pytest.raises(ValueError, match="logits contains NaN"):
+        scores.pseudo_labels(np.full((2, 3), np.nan))
