@@ -1,0 +1,134 @@
+"""Measure the answer key of a profile by running the reference implementation.
+
+This is how the ``miniclip`` numbers in ``ood_utils/expected.py`` were produced. It runs the
+same functions the notebooks call (``ood_utils.scores`` through ``ood_utils.pipeline`` and
+``ood_utils.cac``), once for deterministic methods and once per seed where randomness enters
+(the PLP probe, k-means, the CAC networks), and prints for every check id the per-seed values,
+their mean and spread, and the tolerance given by the rule in ``expected.py``:
+
+    value = mean over seeds, tol = max(0.1, 3 * (max - min))
+
+Nothing is tuned: the script only reports. Paste its last block into ``expected.py`` by hand,
+after reading the numbers.
+
+Usage (from the repository root, with the feature cache in place or extractable)::
+
+    .venv/bin/python tools/measure_expected.py                 # everything, seeds 0-4
+    .venv/bin/python tools/measure_expected.py --only cac knn  # a subset
+    .venv/bin/python tools/measure_expected.py --seeds 0 1 2
+
+Results are appended to ``results/measured_<profile>.json`` as they come, so an interrupted
+run resumes where it stopped (delete the file to start over).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GROUPS = ("knn", "msp", "md", "plp", "kmeans", "cac")
+# extra CAC numbers recorded next to its AUROC (keys of cac.open_set_summary)
+CAC_EXTRA = ("accuracy", "known_accepted_tpr", "unknown_rejected_tpr")
+
+
+def tolerance(values: list[float]) -> tuple[float, float, float]:
+    """(mean, spread, tol) of a list of per-seed values under the answer key's rule."""
+    mean = float(np.mean(values))
+    spread = float(np.max(values) - np.min(values))
+    return mean, spread, max(0.1, 3 * spread)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default=os.environ.get("OOD_PROFILE", "miniclip"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from ood_utils import cac, metrics, pipeline, scores
+    from ood_utils.features import load_features
+    from ood_utils.profiles import get_profile, results_dir
+
+    profile = get_profile(args.profile)
+    out = args.out or results_dir() / f"measured_{profile.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    found: dict = json.loads(out.read_text()) if out.exists() else {}
+    t0 = time.time()
+
+    def save(cid: str, key: str, value: float) -> None:
+        found.setdefault(cid, {})[key] = float(value)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(found, indent=1, sort_keys=True))
+        tmp.replace(out)
+        print(f"[{time.time() - t0:7.1f} s] {cid:16s} {key:14s} {value:8.3f}", flush=True)
+
+    def done(cid: str, key: str) -> bool:
+        return key in found.get(cid, {})
+
+    feats = load_features(profile, progress=False)
+    tr, te, oo = feats["id_train_feats"], feats["id_test_feats"], feats["ood_test_feats"]
+    ytr = feats["id_train_labels"]
+
+    if "knn" in args.only and not done("knn", "deterministic"):
+        save("knn", "deterministic", metrics.auroc(scores.knn_scores(tr, te), scores.knn_scores(tr, oo)))
+    if "msp" in args.only and not done("msp", "deterministic"):
+        zs = pipeline.zero_shot_logits(profile, progress=False)
+        save("msp", "deterministic", metrics.auroc(scores.msp_scores(zs["id_test"]),
+                                                   scores.msp_scores(zs["ood_test"])))
+    if "md" in args.only:
+        for cid, rel in (("md", False), ("rmd", True)):
+            if not done(cid, "deterministic"):
+                save(cid, "deterministic", metrics.auroc(
+                    scores.mahalanobis_scores(tr, ytr, te, relative=rel),
+                    scores.mahalanobis_scores(tr, ytr, oo, relative=rel)))
+    for seed in args.seeds:
+        key = f"seed {seed}"
+        if "plp" in args.only and not done("plp_rmd", key):
+            probe = pipeline.plp_probe(seed, profile, progress=False)
+            save("plp", key, metrics.auroc(scores.msp_scores(probe["id_test"]),
+                                           scores.msp_scores(probe["ood_test"])))
+            for cid, rel in (("plp_md", False), ("plp_rmd", True)):
+                pair = [scores.mahalanobis_scores(probe["id_train"], probe["pseudo_id_train"],
+                                                  probe[s], relative=rel)
+                        for s in ("id_test", "ood_test")]
+                save(cid, key, metrics.auroc(*pair))
+        if "kmeans" in args.only:
+            both = torch.cat([te, oo])
+            for k in (10, 50, 100):
+                for rel in (False, True):
+                    cid = f"kmeans{k}_{'rmd' if rel else 'md'}"
+                    if not done(cid, key):
+                        s = scores.kmeans_mahalanobis_scores(tr, both, k, relative=rel, seed=seed)
+                        save(cid, key, metrics.auroc(s[:len(te)], s[len(te):]))
+        if "cac" in args.only and not done("cac", key):
+            data = cac.cac_datasets(profile, seed=seed)
+            blob = cac.baseline_features(data, seed=seed, profile=profile, progress=False)
+            model, _ = cac.cac_on_features(blob, data.num_classes, seed=seed, progress=False)
+            dist = {s: cac.batched_forward(model, blob[f"{s}_feats"])
+                    for s in ("val", "test", "unknown")}
+            summary = cac.open_set_summary(dist["val"], dist["test"], data.test_y, dist["unknown"])
+            for extra in CAC_EXTRA:
+                save(f"cac.{extra}", key, summary[extra])
+            save("cac", key, summary["auroc"])
+
+    date = dt.date.today().isoformat()
+    print(f"\n# {profile.name}: value = mean over seeds, tol = max(0.1, 3 * spread); {date}")
+    for cid in sorted(found):
+        runs = found[cid]
+        values = list(runs.values())
+        mean, spread, tol = tolerance(values)
+        per = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(runs.items()))
+        print(f"{cid:16s} value {mean:7.2f}  tol {tol:6.2f}  ({per}; spread {spread:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
