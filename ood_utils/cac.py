@@ -593,13 +593,11 @@ def cac_on_features(blob: dict, num_classes: int, seed: int = 0, loss_fn=None,
     torch.manual_seed(seed)
     model = CACModel(head, num_classes, alpha=cfg["alpha"])
     loader = TensorBatches(blob["train_feats"], blob["train_y"], cfg["batch_size"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from .scores import one_cpu_thread
+
+    with one_cpu_thread():
         history = train_cac(model, loader, cfg["epochs"], cfg["lr"], seed, cfg["lambda_"],
                             loss_fn=loss_fn, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
     return model, history
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -88,21 +87,6 @@ def pseudo_labels(profile: str | Profile | None = None, templates: Sequence[str]
             for s in ("id_train", "id_test")}
 
 
-@contextmanager
-def single_thread():
-    """Run torch on one CPU thread inside the block, then restore the previous setting.
-
-    The probe's many tiny matrix products are dominated by thread synchronisation: on a
-    shared 2-core machine one thread trained 20 times faster than two in a measurement.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def probe_split(n: int, fraction: float = PROBE_VAL_FRACTION, seed: int = PROBE_SPLIT_SEED
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed random split of ``n`` training rows into (train indices, validation indices)."""
@@ -138,7 +122,7 @@ def plp_probe(seed: int = 0, profile: str | Profile | None = None, epochs: int =
         targets = pseudo_labels(p)["id_train"]
         x = feats["id_train_feats"]
         tr, va = probe_split(len(x))
-        with single_thread():
+        with scores.one_cpu_thread():
             layer = scores.train_linear_probe(x[tr], targets[tr], x[va], targets[va],
                                               epochs=epochs, lr=lr, batch_size=batch_size,
                                               seed=seed, progress=progress)

@@ -412,3 +412,12 @@ def test_logit_validation():
         scores.msp_scores(np.zeros((2, 3)), temperature=0.0)
     with pytest.raises(ValueError, match="logits contains NaN"):
         scores.pseudo_labels(np.full((2, 3), np.nan))
+
+
+def test_one_cpu_thread_restores_the_setting_even_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with scores.one_cpu_thread():
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
