@@ -628,3 +628,20 @@ def open_set_summary(dist_val: Any, dist_test: Any, test_labels: Any, dist_unkno
         out.update({f"threshold_{tag}": thr, f"matrix_{tag}": matrix,
                     f"known_accepted_{tag}": known_ok, f"unknown_rejected_{tag}": unknown_ok})
     return out
+
+
+#: The scalar numbers of :func:`open_set_summary` (percent) that the results file keeps.
+SUMMARY_NUMBERS = ("accuracy", "known_accepted_tpr", "unknown_rejected_tpr",
+                   "known_accepted_seed", "unknown_rejected_seed")
+
+
+def summary_numbers(summary: dict) -> dict[str, float]:
+    """``{name: value}`` of the :data:`SUMMARY_NUMBERS` in :func:`open_set_summary`'s dict.
+
+    Passed as ``extra`` to :func:`ood_utils.results.record`, so that the course's results
+    table can compare them with the answer key's further targets for ``cac``.
+    """
+    missing = [k for k in SUMMARY_NUMBERS if k not in summary]
+    if missing:
+        raise ValueError(f"summary lacks {missing}; pass the dict of open_set_summary")
+    return {k: float(summary[k]) for k in SUMMARY_NUMBERS}

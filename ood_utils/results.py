@@ -3,7 +3,8 @@
 Layout under :func:`ood_utils.profiles.results_dir` (``results/`` by default)::
 
     <profile>.json            {"profile": ..., "aurocs": {check_id: float}, "fpr95": {...},
-                               "aupr_in": {...}, "aupr_out": {...}}   (percent)
+                               "aupr_in": {...}, "aupr_out": {...},   (percent)
+                               "extra": {check_id: {name: float}}}    (e.g. CAC's rates)
     <profile>_scores/<id>.npz score_in, score_out (float64) of each recorded check, for ROC plots
 
 Writes are atomic (temporary file + ``os.replace``) and serialised with a lock file; the JSON is
@@ -44,7 +45,12 @@ def scores_dir(profile: str | Profile | None = None) -> Path:
 
 
 def _empty(name: str) -> dict:
-    return {"profile": name, **{k: {} for k in METRIC_KEYS}}
+    return {"profile": name, **{k: {} for k in METRIC_KEYS}, "extra": {}}
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
+        value, bool) and math.isfinite(float(value))
 
 
 def _validated(data: Any, name: str) -> dict:
@@ -61,6 +67,13 @@ def _validated(data: Any, name: str) -> dict:
         for cid, value in section.items():
             if cid in CHECK_IDS and isinstance(value, (int, float)) and math.isfinite(value):
                 clean[key][cid] = float(value)
+    extra = data.get("extra", {})
+    if isinstance(extra, dict):
+        for cid, numbers in extra.items():
+            if cid in CHECK_IDS and isinstance(numbers, dict):
+                kept = {k: float(v) for k, v in numbers.items() if _finite_number(v)}
+                if kept:
+                    clean["extra"][cid] = kept
     return clean
 
 
@@ -68,7 +81,7 @@ def load(profile: str | Profile | None = None) -> dict:
     """The recorded results of ``profile``; an empty structure when nothing is recorded.
 
     Returns ``{"profile": name, "aurocs": {...}, "fpr95": {...}, "aupr_in": {...},
-    "aupr_out": {...}}`` with values in percent.
+    "aupr_out": {...}, "extra": {check_id: {name: value}}}`` with values in percent.
     """
     name = get_profile(profile).name
     path = results_path(name)
@@ -113,7 +126,8 @@ def _as_scores(x: Any, name: str) -> np.ndarray:
 
 
 def record(check_id: str, score_in: Any, score_out: Any,
-           profile: str | Profile | None = None, quiet: bool = False) -> dict[str, float]:
+           profile: str | Profile | None = None, quiet: bool = False,
+           extra: dict[str, float] | None = None) -> dict[str, float]:
     """Compute the four metrics of one method and store them with its scores.
 
     Parameters
@@ -123,6 +137,9 @@ def record(check_id: str, score_in: Any, score_out: Any,
         Scores of the ID and OOD test samples, higher = more in-distribution.
     profile : profile name (default: the active one).
     quiet : do not print the one-line summary.
+    extra : further numbers of this check that the answer key may have targets for (its
+        ``Expected.extra``), e.g. ``{"accuracy": 92.4, "known_accepted_tpr": 95.2}`` for CAC.
+        Values must be finite real numbers; they replace the check's previous extras.
 
     Returns
     -------
@@ -134,6 +151,12 @@ def record(check_id: str, score_in: Any, score_out: Any,
         raise ValueError(f"check_id {check_id!r} is unknown; use one of {', '.join(CHECK_IDS)}")
     s_in = _as_scores(score_in, "score_in")
     s_out = _as_scores(score_out, "score_out")
+    if extra is not None:
+        if not isinstance(extra, dict) or not all(
+                isinstance(k, str) and _finite_number(v) for k, v in extra.items()):
+            raise ValueError("extra must be a dict of name -> finite number, e.g. "
+                             "{'accuracy': 92.4}; pass only the scalar entries of a summary")
+        extra = {k: float(v) for k, v in extra.items()}
     values = metrics.ood_metrics(s_in, s_out)
 
     npz = scores_dir(name) / f"{check_id}.npz"
@@ -148,6 +171,8 @@ def record(check_id: str, score_in: Any, score_out: Any,
         data = load(name)
         for key in METRIC_KEYS:
             data[key][check_id] = round(values[_FROM_METRICS[key]], 6)
+        if extra is not None:
+            data["extra"][check_id] = {k: round(v, 6) for k, v in extra.items()}
         _atomic_write(path, lambda tmp: Path(tmp).write_text(
             json.dumps(data, indent=2, sort_keys=True) + "\n"))
     if not quiet:
@@ -182,8 +207,10 @@ def table(profile: str | Profile | None = None) -> list[dict]:
 
     Row keys: ``check_id``, ``label``, ``notebook``, ``value`` (AUROC or ``None`` if not
     recorded), ``fpr95``, ``aupr_in``, ``aupr_out``, ``expected``, ``tol`` (``None`` where the
-    answer key has no target), ``passed`` (``True``/``False``, or ``None`` when either the result
-    or the target is missing).
+    answer key has no AUROC target), ``extra`` (``{name: (recorded or None, target, tol)}`` for
+    the answer key's further targets, e.g. CAC's rates) and ``passed``: ``True`` when every
+    target of the check is met, ``False`` when one is missed or a number it needs was not
+    recorded, ``None`` when the check has not run or has no target at all.
     """
     name = get_profile(profile).name
     data = load(name)
@@ -191,14 +218,21 @@ def table(profile: str | Profile | None = None) -> list[dict]:
     for cid in CHECK_IDS:
         exp = get_expected(cid, name)
         value = data["aurocs"].get(cid)
-        passed = exp.accepts(value) if (value is not None and exp.is_set) else None
+        recorded_extra = data["extra"].get(cid, {})
+        extra = {k: (recorded_extra.get(k), target, tol) for k, (target, tol) in exp.extra.items()}
+        if value is None or not (exp.is_set or extra):
+            passed = None
+        else:
+            passed = (exp.accepts(value) if exp.is_set else True) and all(
+                got is not None and abs(got - target) <= tol + 1e-9
+                for got, target, tol in extra.values())
         rows.append({
             "check_id": cid, "label": LABELS[cid], "notebook": NOTEBOOKS[cid],
             "value": value,
             "fpr95": data["fpr95"].get(cid),
             "aupr_in": data["aupr_in"].get(cid),
             "aupr_out": data["aupr_out"].get(cid),
-            "expected": exp.value, "tol": exp.tol, "passed": passed,
+            "expected": exp.value, "tol": exp.tol, "extra": extra, "passed": passed,
         })
     return rows
 
@@ -232,4 +266,7 @@ def format_table(profile: str | Profile | None = None) -> str:
         lines.append(f"{r['check_id']:<14} {r['label']:<20} {num(r['value']):>7} "
                      f"{num(r['expected']):>9} {num(r['tol']):>5} {num(r['fpr95']):>7} "
                      f"{num(r['aupr_in']):>8} {num(r['aupr_out']):>8}  {status}")
+        for key, (got, target, tol) in r["extra"].items():
+            if r["value"] is not None:
+                lines.append(f"{'':<14}   {key}: {num(got)} (expected {target:.2f} +/- {tol:.2f})")
     return "\n".join(lines)

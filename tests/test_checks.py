@@ -490,7 +490,7 @@ def test_record_matches_sklearn_and_merges(results_tmp):
     results.record("msp", *_toy_scores(1, shift=2.0), profile="miniclip", quiet=True)
     data = json.loads((results_tmp / "miniclip.json").read_text())
     assert data["profile"] == "miniclip"
-    assert set(data) == {"profile", "aurocs", "fpr95", "aupr_in", "aupr_out"}
+    assert set(data) == {"profile", "aurocs", "fpr95", "aupr_in", "aupr_out", "extra"}
     assert set(data["aurocs"]) == {"knn", "msp"}
     assert data["aurocs"]["knn"] == pytest.approx(values["auroc"], abs=1e-5)
     assert results.load("miniclip")["aurocs"] == data["aurocs"]
@@ -543,6 +543,33 @@ def test_table_and_format_table(results_tmp, monkeypatch):
     text = results.format_table("miniclip")
     assert "pass" in text and "FAIL" in text and "not run (05_mahalanobis)" in text
     assert "05_mahalanobis" in results.missing_notebooks("miniclip")
+
+
+def test_extras_are_stored_validated_and_judged(results_tmp, monkeypatch):
+    """A check with targets beyond its AUROC (CAC) passes only when every target is met."""
+    monkeypatch.setitem(expected.EXPECTED["clip"], "cac", expected.Expected(
+        None, None, "t", extra={"known_accepted_seed": (95.0, 1.0),
+                                "unknown_rejected_seed": (85.0, 1.0)}))
+    s_in, s_out = _toy_scores(0)
+    results.record("cac", s_in, s_out, profile="clip", quiet=True,
+                   extra={"known_accepted_seed": 95.5, "unknown_rejected_seed": np.float64(84.2)})
+    stored = json.loads((results_tmp / "clip.json").read_text())["extra"]["cac"]
+    assert stored == {"known_accepted_seed": 95.5, "unknown_rejected_seed": 84.2}
+    row = {r["check_id"]: r for r in results.table("clip")}["cac"]
+    assert row["passed"] is True and row["expected"] is None
+    assert row["extra"]["unknown_rejected_seed"] == (84.2, 85.0, 1.0)
+    assert "unknown_rejected_seed: 84.20 (expected 85.00 +/- 1.00)" in results.format_table("clip")
+
+    results.record("cac", s_in, s_out, profile="clip", quiet=True,
+                   extra={"known_accepted_seed": 95.5, "unknown_rejected_seed": 80.0})
+    assert {r["check_id"]: r for r in results.table("clip")}["cac"]["passed"] is False
+    # a number the key needs but nobody recorded fails the check instead of passing it
+    results.record("cac", s_in, s_out, profile="clip", quiet=True,
+                   extra={"known_accepted_seed": 95.5})
+    assert {r["check_id"]: r for r in results.table("clip")}["cac"]["passed"] is False
+    for bad in ({"x": float("nan")}, {"x": "95"}, {1: 2.0}, [("x", 1.0)], {"x": True}):
+        with pytest.raises(ValueError, match="extra"):
+            results.record("cac", s_in, s_out, profile="clip", quiet=True, extra=bad)
 
 
 # ============================================================================ plots

@@ -57,6 +57,7 @@ def test_every_part_states_its_goal_and_method(path):
         f"{path.name}: the first cell is the numbered title"
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "goal" in text.lower(), f"{path.name}: state the goal of the part"
+    assert "question" in text.lower(), f"{path.name}: end with a question to think about"
     if path in EXERCISES:
         assert "$" in text, f"{path.name}: explain the method with its formula"
         code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
