@@ -87,6 +87,10 @@ def test_release_blanks_the_exercise_and_leaks_nothing(path):
     src = cells[0].source
     assert "raise NotImplementedError" in src and "BEGIN SOLUTION" not in src
     assert "### START CODE HERE ###" in src and "### END CODE HERE ###" in src
+    # the instructor copy announces the same length as the released hint
+    announced = [c for c in nb.cells if nbgrader(c).get("solution") and c.cell_type == "code"]
+    length = re.compile(r"START CODE HERE ### \(≈ (\d+) lines? of code\)")
+    assert length.search(announced[0].source).group(1) == length.search(src).group(1), path.name
     # the graded parts are the same in both copies
     assert graded_parts(released) == graded_parts(nb)
 
