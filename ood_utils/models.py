@@ -52,6 +52,21 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def tensor_digest(state_dict: dict) -> str:
+    """SHA-256 over the names, dtypes, shapes and values of a ``state_dict``, in name order.
+
+    Unlike the hash of a ``torch.save`` file, it does not change between two saves of the same
+    tensors (every save writes a fresh random ``serialization_id`` into the archive), so it
+    tells whether a retrained checkpoint is the same model.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def weights_cache_dir() -> Path:
     return Path(os.environ.get("OOD_WEIGHTS_DIR", data_dir() / "weights"))
 

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import load_fashion_mnist
-from .models import MINICLIP_CONFIG, MINICLIP_NAME, MINICLIP_WEIGHTS, register_miniclip, sha256
+from .models import (MINICLIP_CONFIG, MINICLIP_NAME, MINICLIP_WEIGHTS, register_miniclip, sha256,
+                     tensor_digest)
 from .profiles import FASHION_MNIST_CLASSES
 
 CAPTION_TEMPLATES = (
@@ -214,6 +215,8 @@ def save_weights(model, out: Path, result: dict) -> None:
         f"- Training time: {card['train_seconds']} s on {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__}",
         f"- Weights: `{out.name}`, fp16, SHA-256 `{sha256(out)}`",
+        f"- Tensor digest (`ood_utils.models.tensor_digest`; the same for every save of the same",
+        f"  tensors, unlike the file hash): `{tensor_digest(state)}`",
         "",
         "## Config",
         "```json",

@@ -69,9 +69,23 @@ def test_shipped_tiny_clip_zero_shot_accuracy_at_least_80(miniclip):
 
 
 def test_shipped_weights_match_model_card():
+    import hashlib
+
     card = (models.ASSETS / "MODEL_CARD.md").read_text()
-    assert models.sha256(models.MINICLIP_WEIGHTS) in card
+    assert hashlib.sha256(models.MINICLIP_WEIGHTS.read_bytes()).hexdigest() in card
     assert models.MINICLIP_WEIGHTS.stat().st_size <= 20 * 2**20
+    state = torch.load(models.MINICLIP_WEIGHTS, map_location="cpu", weights_only=True)
+    assert models.tensor_digest(state) in card
+
+
+def test_tensor_digest_sees_values_names_and_dtypes_but_not_the_file():
+    state = {"b": torch.arange(6, dtype=torch.float16).reshape(2, 3), "a": torch.ones(2)}
+    digest = models.tensor_digest(state)
+    assert models.tensor_digest(dict(reversed(list(state.items())))) == digest
+    changed = {**state, "a": torch.tensor([1.0, 1.0 + 2 ** -20])}
+    renamed = {"c" if k == "a" else k: v for k, v in state.items()}
+    widened = {**state, "b": state["b"].float()}
+    assert len({digest, *(models.tensor_digest(s) for s in (changed, renamed, widened))}) == 4
 
 
 def test_clip_profile_code_path_with_random_weights():
