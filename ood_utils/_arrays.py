@@ -84,6 +84,12 @@ def check_array(
             raise ValueError(f"{name} contains NaN or infinite values; clean or drop those rows first")
 
 
+def score_vector(x: Any, name: str) -> np.ndarray:
+    """Validate a 1-d vector of scores and return it as float64 numpy (a copy if converted)."""
+    check_array(x, name, ndim=1)  # TypeError for lists and scalars, ValueError otherwise
+    return np.asarray(to_numpy(x, name), dtype=np.float64)
+
+
 def check_labels(y: Any, name: str, n: int) -> None:
     """Validate a 1-d integer label vector of length ``n``."""
     check_array(y, name, ndim=1)

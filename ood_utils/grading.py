@@ -576,14 +576,3 @@ def run(args) -> int:
     print(f"graded {len(subs)} submission(s); see {Path(args.out) / 'grades.csv'} and "
           f"{Path(args.out) / 'summary.md'}")
     return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ood_utils.grading", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    configure_parser(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

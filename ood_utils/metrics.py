@@ -16,18 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import check_array, to_numpy
+from ._arrays import score_vector
 
 __all__ = ["auroc", "fpr_at_95_tpr", "aupr_in", "aupr_out", "roc_curve", "ood_metrics"]
 
 
 def _validate(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
     """Check both score vectors and return them as float64 numpy arrays."""
-    for value, name in ((scores_in, "scores_in"), (scores_out, "scores_out")):
-        check_array(value, name, ndim=1)  # TypeError for lists and scalars, ValueError otherwise
-    a = np.asarray(to_numpy(scores_in, "scores_in"), dtype=np.float64)
-    b = np.asarray(to_numpy(scores_out, "scores_out"), dtype=np.float64)
-    return a, b
+    return score_vector(scores_in, "scores_in"), score_vector(scores_out, "scores_out")
 
 
 def _counts_by_threshold(s_in: np.ndarray, s_out: np.ndarray):

@@ -12,12 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from . import metrics
-from ._arrays import check_array, to_numpy
-
-
-def _scores(x: Any, name: str) -> np.ndarray:
-    check_array(x, name, ndim=1)
-    return np.asarray(to_numpy(x, name), dtype=np.float64)
+from ._arrays import check_array, score_vector, to_numpy
 
 
 def _axes(ax, figsize=(6, 4)):
@@ -42,7 +37,7 @@ def score_histograms(score_in: Any, score_out: Any, title: str = "", ax=None, bi
     -------
     matplotlib axes
     """
-    s_in, s_out = _scores(score_in, "score_in"), _scores(score_out, "score_out")
+    s_in, s_out = score_vector(score_in, "score_in"), score_vector(score_out, "score_out")
     ax = _axes(ax)
     lo, hi = min(s_in.min(), s_out.min()), max(s_in.max(), s_out.max())
     if hi <= lo:
@@ -79,7 +74,7 @@ def roc_curves(curves: Mapping[str, tuple[Any, Any]], ax=None, title: str = "ROC
     for name, pair in curves.items():
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ValueError(f"curves[{name!r}] must be a pair (score_in, score_out)")
-        s_in, s_out = _scores(pair[0], f"{name} score_in"), _scores(pair[1], f"{name} score_out")
+        s_in, s_out = score_vector(pair[0], f"{name} score_in"), score_vector(pair[1], f"{name} score_out")
         fpr, tpr = metrics.roc_curve(s_in, s_out)
         ax.plot(fpr, tpr, lw=1.5, label=f"{name} ({metrics.auroc(s_in, s_out):.1f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (50.0)")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from ._arrays import check_array, to_numpy
+from ._arrays import score_vector
 from .expected import CHECK_IDS, LABELS, NOTEBOOKS, get_expected
 from .profiles import Profile, get_profile, results_dir
 
@@ -120,11 +120,6 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def _as_scores(x: Any, name: str) -> np.ndarray:
-    check_array(x, name, ndim=1)
-    return np.asarray(to_numpy(x, name), dtype=np.float64)
-
-
 def record(check_id: str, score_in: Any, score_out: Any,
            profile: str | Profile | None = None, quiet: bool = False,
            extra: dict[str, float] | None = None) -> dict[str, float]:
@@ -149,8 +144,8 @@ def record(check_id: str, score_in: Any, score_out: Any,
     name = get_profile(profile).name
     if check_id not in CHECK_IDS:
         raise ValueError(f"check_id {check_id!r} is unknown; use one of {', '.join(CHECK_IDS)}")
-    s_in = _as_scores(score_in, "score_in")
-    s_out = _as_scores(score_out, "score_out")
+    s_in = score_vector(score_in, "score_in")
+    s_out = score_vector(score_out, "score_out")
     if extra is not None:
         if not isinstance(extra, dict) or not all(
                 isinstance(k, str) and _finite_number(v) for k, v in extra.items()):

@@ -215,7 +215,7 @@ def save_weights(model, out: Path, result: dict) -> None:
         f"- Training time: {card['train_seconds']} s on {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__}",
         f"- Weights: `{out.name}`, fp16, SHA-256 `{sha256(out)}`",
-        f"- Tensor digest (`ood_utils.models.tensor_digest`; the same for every save of the same",
+        "- Tensor digest (`ood_utils.models.tensor_digest`; the same for every save of the same",
         f"  tensors, unlike the file hash): `{tensor_digest(state)}`",
         "",
         "## Config",

@@ -35,18 +35,45 @@ def test_the_course_is_complete():
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
-def test_every_code_cell_is_an_exercise_or_restored_by_the_grader(path):
+def test_nbgrader_structure(path):
+    """Kernel, stripped outputs, markers, and nbgrader metadata on every code cell."""
     nb = read(path)
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", path.name
     ids = []
+    n_exercises = n_checks = 0
     for i, cell in enumerate(nb.cells):
+        where = f"{path.name} cell {i}"
+        src, meta = cell.source, nbgrader(cell)
+        if "BEGIN SOLUTION" in src or "START CODE HERE" in src:
+            assert meta.get("solution") is True, f"{where}: markers outside a solution cell"
         if cell.cell_type != "code":
             continue
-        meta = nbgrader(cell)
-        assert meta.get("grade_id"), f"{path.name} cell {i} has no nbgrader grade_id"
-        assert meta.get("solution") or meta.get("locked"), \
-            f"{path.name} cell {i}: neither an exercise nor locked, so a student could edit it"
+        assert not cell.get("outputs") and cell.get("execution_count") is None, \
+            f"{where}: outputs must be stripped"
+        assert meta.get("schema_version") == 3 and meta.get("grade_id"), \
+            f"{where}: no nbgrader metadata (run release.lock_readonly_cells)"
         ids.append(meta["grade_id"])
+        if meta.get("solution"):
+            n_exercises += 1
+            assert meta.get("grade") is False and meta.get("locked") is False, where
+            markers = ("### START CODE HERE ###", "### BEGIN SOLUTION", "### END SOLUTION",
+                       "### END CODE HERE ###")
+            assert all(m in src for m in markers), f"{where}: missing a marker"
+            assert [src.index(m) for m in markers] == sorted(src.index(m) for m in markers), where
+        elif meta.get("grade"):
+            n_checks += 1
+            assert meta.get("locked") is True, f"{where}: check cells are locked"
+            assert isinstance(meta.get("points"), int) and meta["points"] > 0, \
+                f"{where}: check cells carry points"
+            assert "all tests passed" not in src.lower(), where
+        else:
+            assert meta.get("locked") is True, \
+                f"{where}: neither an exercise nor locked, so a student could edit it"
     assert len(ids) == len(set(ids)), f"{path.name}: duplicate grade_id"
+    if path in EXERCISES:
+        assert n_exercises == 1, f"{path.name}: one exercise cell expected"
+        if path.stem != "00_tiny_clip":  # the bonus part has a self-check but no AUROC
+            assert n_checks >= 2, f"{path.name}: a self-check and a graded result expected"
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
@@ -65,14 +92,13 @@ def test_every_part_states_its_goal_and_method(path):
 
 
 def test_every_check_id_is_recorded_and_checked_in_its_notebook():
-    sources = {p.stem: "\n".join(c.source for c in read(p).cells) for p in ALL}
+    cells = {p.stem: read(p).cells for p in ALL}
     for cid, stem in expected.NOTEBOOKS.items():
-        assert stem in sources, f"{cid}: notebook {stem} is missing"
-        # ids are either literal or built from a loop (kmeans{k}_{md,rmd}, plp_md ...)
-        literal = re.search(rf"['\"]{cid}['\"]", sources[stem])
-        stem_part = cid.split("_")[0].rstrip("0123456789")
-        assert literal or stem_part in sources[stem], f"{cid} never appears in {stem}"
-        assert "results.record(" in sources[stem] and "checks.check_" in sources[stem], stem
+        assert stem in cells, f"{cid}: notebook {stem} is missing"
+        graded = "\n".join(c.source for c in cells[stem] if nbgrader(c).get("grade"))
+        call = "checks.check_cac_results(" if cid == "cac" else f'checks.check_auroc("{cid}"'
+        assert call in graded, f"{cid}: no graded cell of {stem} calls {call}...)"
+        assert "results.record(" in "\n".join(c.source for c in cells[stem]), stem
 
 
 @pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)

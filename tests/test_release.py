@@ -253,3 +253,31 @@ def test_frame_found_across_blank_lines_and_output_is_valid():
         '    raise NotImplementedError("replace this line with your code")',
         "    ### END CODE HERE ###", "    return shifted_value"]
     nbformat.validate(release_notebook(toy()))
+
+
+def test_lock_readonly_cells_protects_setup_code_from_edits():
+    from ood_utils.grading import restore_locked_cells
+    from ood_utils.release import lock_readonly_cells
+
+    v4 = nbformat.v4
+    nb = v4.new_notebook(cells=[
+        v4.new_markdown_cell("# title"),
+        v4.new_code_cell("THRESHOLD = 0.5"),
+        _solution_cell("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"),
+        v4.new_code_cell("assert f() == 1"),
+    ])
+    nb.cells[3].metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True,
+                                        "points": 1, "grade_id": "t_check", "schema_version": 3}
+    before = copy.deepcopy(nb)
+    assert lock_readonly_cells(nb, "t") == 1
+    assert nb.cells[1].metadata["nbgrader"] == {"grade": False, "solution": False,
+                                                "locked": True, "grade_id": "t_cell01",
+                                                "schema_version": 3}
+    assert [c.metadata for c in nb.cells[2:]] == [c.metadata for c in before.cells[2:]]
+    assert "nbgrader" not in nb.cells[0].metadata
+    assert lock_readonly_cells(nb, "t") == 0  # idempotent
+    # a student who loosens the setup cell gets the instructor's version back
+    student = copy.deepcopy(nb)
+    student.cells[1].source = "THRESHOLD = 0.0"
+    restored, _ = restore_locked_cells(student, nb)
+    assert restored.cells[1].source == "THRESHOLD = 0.5"
