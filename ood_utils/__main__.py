@@ -72,12 +72,8 @@ def cmd_train_miniclip(args) -> int:
     print(f"final loss {result['final_loss']}, zero-shot accuracy "
           f"{result['zero_shot_accuracy']}% (before: {result['zero_shot_accuracy_before']}%), "
           f"{result['train_seconds']} s; weights written to {args.out}")
-    import torch
-
-    from .models import tensor_digest
-
-    digest = tensor_digest(torch.load(args.out, map_location="cpu", weights_only=True))
-    print(f"tensor digest {digest} (compare with MODEL_CARD.md to check a reproduction)")
+    print(f"tensor digest {result['tensor_digest']} (compare with MODEL_CARD.md to check a "
+          "reproduction)")
     return 0
 
 

@@ -178,7 +178,10 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
 
 
 def save_weights(model, out: Path, result: dict) -> None:
-    """Write fp16 weights atomically and a model card ``MODEL_CARD.md`` beside them."""
+    """Write fp16 weights atomically and a model card ``MODEL_CARD.md`` beside them.
+
+    Adds the weights' :func:`ood_utils.models.tensor_digest` to ``result`` as ``tensor_digest``.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().half() if v.is_floating_point() else v
              for k, v in model.state_dict().items()}
@@ -191,6 +194,7 @@ def save_weights(model, out: Path, result: dict) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    digest = tensor_digest(state)
     config = json.loads(Path(MINICLIP_CONFIG).read_text())
     card = {k: v for k, v in result.items() if k not in ("model", "tokenizer")}
     lines = [
@@ -216,7 +220,7 @@ def save_weights(model, out: Path, result: dict) -> None:
         f"({platform.processor() or platform.machine()}), torch {torch.__version__}",
         f"- Weights: `{out.name}`, fp16, SHA-256 `{sha256(out)}`",
         "- Tensor digest (`ood_utils.models.tensor_digest`; the same for every save of the same",
-        f"  tensors, unlike the file hash): `{tensor_digest(state)}`",
+        f"  tensors, unlike the file hash): `{digest}`",
         "",
         "## Config",
         "```json",
@@ -230,3 +234,4 @@ def save_weights(model, out: Path, result: dict) -> None:
         "",
     ]
     (out.parent / "MODEL_CARD.md").write_text("\n".join(lines))
+    result["tensor_digest"] = digest

@@ -108,3 +108,22 @@ def test_clip_weights_missing_offline_is_a_clear_fast_error(tmp_path, monkeypatc
     monkeypatch.setenv("OOD_WEIGHTS_DIR", str(tmp_path))
     with pytest.raises(models.WeightsMissingError, match="python -m ood_utils download"):
         models.load_clip("clip")
+
+
+def test_short_training_is_reproducible_and_its_card_names_the_saved_tensors(tmp_path):
+    """Two runs from one seed give the same tensors; the card's digest is that of the file."""
+    from ood_utils.train_clip import train_miniclip
+
+    digests = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "m.pt"
+        result = train_miniclip(epochs=1, limit=256, eval_limit=200, seed=3, out=out,
+                                progress=False)
+        saved = torch.load(out, map_location="cpu", weights_only=True)
+        assert result["tensor_digest"] == models.tensor_digest(saved)
+        assert result["tensor_digest"] in (out.parent / "MODEL_CARD.md").read_text()
+        digests.append(result["tensor_digest"])
+    assert digests[0] == digests[1]
+    other = train_miniclip(epochs=1, limit=256, eval_limit=200, seed=4, out=tmp_path / "c.pt",
+                           progress=False)
+    assert other["tensor_digest"] != digests[0]
