@@ -7,9 +7,11 @@ import os
 import sys
 import time
 
+from .profiles import PROFILES
+
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", choices=["miniclip", "clip"], default=None,
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
                    help="course profile (default: $OOD_PROFILE or miniclip)")
 
 
@@ -148,10 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_download)
 
     for name, module in (("release", "release"), ("grade", "grading")):
-        try:
-            mod = importlib.import_module(f".{module}", __package__)
-        except ImportError:
-            continue
+        mod = importlib.import_module(f".{module}", __package__)  # a broken module fails loudly
         helptext = (mod.__doc__ or name).strip().splitlines()[0]
         p = sub.add_parser(name, help=helptext, description=mod.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -8,18 +8,16 @@ pass/fail of every check. Executed copies (with outputs) are kept in
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 import nbformat
 
-from .profiles import get_profile, project_root, results_dir
+from .profiles import get_profile, notebooks_dir, results_dir
 
 
-def notebook_dir() -> Path:
-    return Path(os.environ.get("OOD_NOTEBOOKS_DIR", project_root() / "notebooks"))
+notebook_dir = notebooks_dir  # kept for callers of the old name
 
 
 def course_notebooks(only: list[str] | None = None) -> list[Path]:

@@ -31,6 +31,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbclient.util import run_sync
 
+from .cells import cell_source
+
 __all__ = ["ExecutionResult", "execute_notebook", "describe_failure", "truncate_outputs",
            "cell_errors"]
 
@@ -89,11 +91,6 @@ def _first_line(text: str, limit: int = _SHORT) -> str:
     return ""
 
 
-def _source(cell) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
-
-
 def describe_failure(result: ExecutionResult) -> str:
     """One line for a report: ``cell N failed: <ename>: <evalue> (<first line of the cell>)``.
 
@@ -106,7 +103,7 @@ def describe_failure(result: ExecutionResult) -> str:
     cells = result.nb.get("cells", [])
     first = ""
     if 0 <= result.cell_index < len(cells):
-        first = _first_line(_source(cells[result.cell_index]), 80)
+        first = _first_line(cell_source(cells[result.cell_index]), 80)
     tail = f" ({first})" if first else ""
     msg = f": {result.evalue}" if result.evalue else ""
     return f"cell {result.cell_index} failed: {result.ename}{msg}{tail}"
@@ -278,7 +275,7 @@ async def _execute_async(nb, cwd, env, cell_timeout, timeout, allow_errors, kern
                      startup_timeout=60)
     client.max_output_chars = max_output_chars
     code_cells = [i for i, c in enumerate(nb.cells)
-                  if c.cell_type == "code" and _source(c).strip()]
+                  if c.cell_type == "code" and cell_source(c).strip()]
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ._io import atomic_write, atomic_write_text
 from . import __version__
 from .data import FEATURE_SPLITS, feature_dataset
 from .models import MINICLIP_NAME, MINICLIP_WEIGHTS, load_clip, sha256, split_visual
@@ -96,19 +96,11 @@ def expected_meta(profile: str | Profile | None = None) -> dict:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix == ".json":
-            Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True))
-        else:
-            torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """JSON for ``*.json``, ``torch.save`` otherwise; written atomically."""
+    if path.suffix == ".json":
+        atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+    else:
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _load_tensor(path: Path, shape: tuple, dtype: torch.dtype) -> torch.Tensor | None:

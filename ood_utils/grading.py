@@ -43,6 +43,10 @@ from pathlib import Path
 
 import nbformat
 
+from ._io import atomic_write_text
+from .cells import is_graded_part, is_locked, nbgrader_meta
+from .profiles import PROFILES
+
 __all__ = ["COLUMNS", "Submission", "find_submissions", "match_submission", "graded_parts",
            "restore_locked_cells", "grade_notebook", "grade_submissions", "write_grades_csv",
            "write_summary", "configure_parser", "run"]
@@ -54,29 +58,14 @@ DEFAULT_MAX_OUTPUT_CHARS = 200_000
 _MSG = 300  # characters of a message kept in grades.csv
 
 
-# --------------------------------------------------------------------------- metadata helpers
-def _nbg(cell) -> dict:
-    return (cell.get("metadata") or {}).get("nbgrader") or {}
-
-
-def _is_locked(cell) -> bool:
-    meta = _nbg(cell)
-    return bool(meta.get("grade_id")) and bool(meta.get("grade") or meta.get("locked")) \
-        and not meta.get("solution", False)
-
-
-def _is_part(cell) -> bool:
-    meta = _nbg(cell)
-    return bool(meta.get("grade")) and bool(meta.get("grade_id")) and cell.cell_type == "code"
-
-
+# --------------------------------------------------------------------------- parts
 def graded_parts(nb) -> list[tuple[str, float]]:
     """``[(grade_id, points), ...]`` of the graded check cells of an instructor notebook."""
     parts = []
     for cell in nb.cells:
-        if _is_part(cell):
-            points = _nbg(cell).get("points", 0) or 0
-            parts.append((_nbg(cell)["grade_id"], float(points)))
+        if is_graded_part(cell):
+            points = nbgrader_meta(cell).get("points", 0) or 0
+            parts.append((nbgrader_meta(cell)["grade_id"], float(points)))
     return parts
 
 
@@ -176,11 +165,11 @@ def restore_locked_cells(student_nb, instructor_nb):
     """
     nb = nbformat.from_dict(json.loads(json.dumps(student_nb)))
     nb.cells = [_clean_copy(c) for c in nb.cells]
-    known = {(_nbg(c).get("grade_id")) for c in instructor_nb.cells if _nbg(c).get("grade_id")}
+    known = {(nbgrader_meta(c).get("grade_id")) for c in instructor_nb.cells if nbgrader_meta(c).get("grade_id")}
     notes: list[str] = []
     used: set[str] = set()
     for cell in nb.cells:
-        gid = _nbg(cell).get("grade_id")
+        gid = nbgrader_meta(cell).get("grade_id")
         if gid is None:
             continue
         if gid not in known or gid in used:
@@ -190,22 +179,22 @@ def restore_locked_cells(student_nb, instructor_nb):
             used.add(gid)
 
     def position(icell):
-        gid = _nbg(icell).get("grade_id")
+        gid = nbgrader_meta(icell).get("grade_id")
         for i, cell in enumerate(nb.cells):
-            if gid and _nbg(cell).get("grade_id") == gid:
+            if gid and nbgrader_meta(cell).get("grade_id") == gid:
                 return i
         cid = icell.get("id")
         if cid and not gid:
             for i, cell in enumerate(nb.cells):
-                if cell.get("id") == cid and not _nbg(cell).get("grade_id"):
+                if cell.get("id") == cid and not nbgrader_meta(cell).get("grade_id"):
                     return i
         return None
 
     anchor = -1  # position in nb of the latest matched instructor cell
     for icell in instructor_nb.cells:
         pos = position(icell)
-        if _is_locked(icell):
-            gid = _nbg(icell)["grade_id"]
+        if is_locked(icell):
+            gid = nbgrader_meta(icell)["grade_id"]
             fresh = _clean_copy(icell)
             if pos is None:
                 pos = anchor + 1
@@ -299,7 +288,7 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    index = {(_nbg(c).get("grade_id")): i for i, c in enumerate(nb.cells) if _is_part(c)}
+    index = {(nbgrader_meta(c).get("grade_id")): i for i, c in enumerate(nb.cells) if is_graded_part(c)}
     stop = result.cell_index if result.status in ("timeout", "dead_kernel") else None
     rows = []
     for gid, points in parts:
@@ -339,19 +328,8 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
     nb.cells.insert(0, top)
     target = out_dir / sub.student / Path(sub.key.split("/", 1)[1]).name
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(target, nbformat.writes(nb))
+    atomic_write_text(target, nbformat.writes(nb))
     return rows
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- many submissions
@@ -488,7 +466,7 @@ def write_grades_csv(rows, path) -> None:
                          "max_score": _fmt_points(row["max_score"])})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_summary(rows, path) -> None:
@@ -525,7 +503,7 @@ def write_summary(rows, path) -> None:
                 lines.append(f"- `{r['submission']}` ({r['status']}): {r['message']}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------- command line
@@ -538,7 +516,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default=None, metavar="DIR",
                         help="folder of the instructor notebooks (default: the course's "
                              "notebooks/)")
-    parser.add_argument("--profile", choices=["miniclip", "clip"], default=None,
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
                         help="course profile for the kernels (default: $OOD_PROFILE or "
                              "miniclip)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -555,9 +533,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Entry point of ``python -m ood_utils grade``; returns the exit status."""
-    from .profiles import project_root
+    from .profiles import notebooks_dir
 
-    source = Path(args.source) if args.source else project_root() / "notebooks"
+    source = Path(args.source) if args.source else notebooks_dir()
     if args.jobs < 1:
         print("error: --jobs must be at least 1", file=sys.stderr)
         return 2

@@ -154,5 +154,10 @@ def features_dir(profile: str | Profile | None = None) -> Path:
     return base / get_profile(profile).name
 
 
+def notebooks_dir() -> Path:
+    """The instructor notebooks: ``$OOD_NOTEBOOKS_DIR`` if set, else ``<root>/notebooks``."""
+    return Path(os.environ.get("OOD_NOTEBOOKS_DIR", project_root() / "notebooks"))
+
+
 def results_dir() -> Path:
     return Path(os.environ.get("OOD_RESULTS_DIR", project_root() / "results"))

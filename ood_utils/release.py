@@ -28,14 +28,15 @@ import ast
 import base64
 import copy
 import json
-import os
 import re
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 import nbformat
+
+from ._io import atomic_write_text
+from .cells import cell_source, is_solution, nbgrader_meta
 
 __all__ = ["ReleaseError", "release_notebook", "release_course", "find_leaks",
            "solution_lines", "configure_parser", "run"]
@@ -52,19 +53,6 @@ MARKDOWN_BLANK = "YOUR ANSWER HERE"
 
 class ReleaseError(ValueError):
     """A notebook cannot be released (malformed markers or solution text left behind)."""
-
-
-def _source(cell) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
-
-
-def _nbgrader(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
-
-
-def _is_solution_cell(cell) -> bool:
-    return bool(_nbgrader(cell).get("solution", False))
 
 
 def _where(name: str, index: int, line: int | None = None) -> str:
@@ -171,8 +159,8 @@ def solution_lines(nb, name: str = "notebook") -> list[str]:
     """
     inside, outside = [], []
     for index, cell in enumerate(nb.cells):
-        lines = _source(cell).splitlines()
-        blocks = _solution_blocks(lines, name, index) if _is_solution_cell(cell) else []
+        lines = cell_source(cell).splitlines()
+        blocks = _solution_blocks(lines, name, index) if is_solution(cell) else []
         taken = set()
         for begin, end in blocks:
             taken.update(range(begin, end + 1))
@@ -250,8 +238,8 @@ def release_notebook(nb, name: str = "notebook"):
     """
     out = copy.deepcopy(nb)
     for index, cell in enumerate(out.cells):
-        lines = _source(cell).splitlines()
-        if not _is_solution_cell(cell):
+        lines = cell_source(cell).splitlines()
+        if not is_solution(cell):
             for i, line in enumerate(lines):
                 if ANY_MARKER_RE.search(line):
                     raise ReleaseError(
@@ -271,7 +259,7 @@ def release_notebook(nb, name: str = "notebook"):
             cell.outputs = []
             cell.execution_count = None
         cell.get("metadata", {}).pop("execution", None)
-        meta = _nbgrader(cell)
+        meta = nbgrader_meta(cell)
         if meta.get("grade", False) and not meta.get("solution", False):
             meta["locked"] = True
         if meta.get("locked", False):
@@ -303,18 +291,6 @@ def lock_readonly_cells(nb, prefix: str) -> int:
 
 
 # --------------------------------------------------------------------------- files
-def _write_atomic(nb, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            nbformat.write(nb, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def release_files(paths, out_dir) -> list[Path]:
     """Release the given notebook files into ``out_dir`` (same file names).
 
@@ -341,7 +317,7 @@ def release_files(paths, out_dir) -> list[Path]:
         if leaks:
             raise ReleaseError(f"{dst.name}: solution text would be released: {leaks[0]}")
     for nb, dst, _ in built:
-        _write_atomic(nb, dst)
+        atomic_write_text(dst, nbformat.writes(nb))
     return [dst for _, dst, _ in built]
 
 
@@ -365,13 +341,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Entry point of ``python -m ood_utils release``; returns the exit status."""
-    from .profiles import project_root
+    from .profiles import notebooks_dir
 
     try:
         if args.notebooks:
             written = release_files(args.notebooks, args.out)
         else:
-            written = release_course(project_root() / "notebooks", args.out)
+            written = release_course(notebooks_dir(), args.out)
     except ReleaseError as err:
         print(f"release failed, nothing written: {err}", file=sys.stderr)
         return 1

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_write, atomic_write_text
 from . import metrics
 from ._arrays import score_vector
 from .expected import CHECK_IDS, LABELS, NOTEBOOKS, get_expected
@@ -108,18 +107,6 @@ def _locked(path: Path):
         yield
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def record(check_id: str, score_in: Any, score_out: Any,
            profile: str | Profile | None = None, quiet: bool = False,
            extra: dict[str, float] | None = None) -> dict[str, float]:
@@ -159,7 +146,7 @@ def record(check_id: str, score_in: Any, score_out: Any,
         with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
             np.savez(fh, score_in=s_in, score_out=s_out)
 
-    _atomic_write(npz, write_npz)
+    atomic_write(npz, write_npz)
 
     path = results_path(name)
     with _locked(path):
@@ -168,8 +155,7 @@ def record(check_id: str, score_in: Any, score_out: Any,
             data[key][check_id] = round(values[_FROM_METRICS[key]], 6)
         if extra is not None:
             data["extra"][check_id] = {k: round(v, 6) for k, v in extra.items()}
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(
-            json.dumps(data, indent=2, sort_keys=True) + "\n"))
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     if not quiet:
         print(f"recorded {check_id} in {path.name}: AUROC {values['auroc']:.2f}, "
               f"FPR@95TPR {values['fpr95']:.2f}, AUPR-in {values['aupr_in']:.2f}, "

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._io import atomic_write
 from .data import load_fashion_mnist
 from .models import (MINICLIP_CONFIG, MINICLIP_NAME, MINICLIP_WEIGHTS, register_miniclip, sha256,
                      tensor_digest)
@@ -185,15 +185,7 @@ def save_weights(model, out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().half() if v.is_floating_point() else v
              for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(out, lambda tmp: torch.save(state, tmp))
     digest = tensor_digest(state)
     config = json.loads(Path(MINICLIP_CONFIG).read_text())
     card = {k: v for k, v in result.items() if k not in ("model", "tokenizer")}
