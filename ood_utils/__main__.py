@@ -24,13 +24,14 @@ def _use_profile(args) -> str:
 
 
 def cmd_extract(args) -> int:
+    from .data import FEATURE_SPLITS
     from .features import load_features
 
     name = _use_profile(args)
     start = time.time()
     feats = load_features(name, device=args.device, batch_size=args.batch_size)
     print(f"profile {name}: features ready in {time.time() - start:.1f} s")
-    for key in ("id_train", "id_test", "ood_test"):
+    for key in FEATURE_SPLITS:
         f, y = feats[f"{key}_feats"], feats[f"{key}_labels"]
         print(f"  {key:9s} feats {tuple(f.shape)}  labels {tuple(y.shape)}  "
               f"classes {sorted(set(y.tolist()))}")

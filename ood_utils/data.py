@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -212,29 +210,5 @@ def id_class_names(profile: str | Profile | None = None) -> list[str]:
     raise ValueError(f"profile {p.name} has no class names")
 
 
-def dataset_summary() -> dict:
-    """Where each dataset of the package would be read from (for `make course` messages)."""
-    try:
-        fm = str(find_fashion_mnist())
-    except DataMissingError:
-        fm = None
-    return {"fashion_mnist": fm, "data_dir": str(data_dir())}
-
-
-def copy_fashion_mnist_into(target: Path) -> Path:
-    """Copy the system Fashion-MNIST files into ``target`` (used to make a portable data/)."""
-    src = find_fashion_mnist()
-    target.mkdir(parents=True, exist_ok=True)
-    for img_file, lab_file, _ in FASHION_MNIST_FILES.values():
-        for f in (img_file, lab_file):
-            shutil.copyfile(src / f, target / f)
-    return target
-
-
 def all_class_names(dataset: str) -> tuple[str, ...]:
     return {"FashionMNIST": FASHION_MNIST_CLASSES, "CIFAR10": CIFAR10_CLASSES}[dataset]
-
-
-def to_uint8_tensor(ds: ArrayImageDataset) -> torch.Tensor:
-    """All images of an :class:`ArrayImageDataset` as a uint8 tensor ``(N, H, W)``."""
-    return torch.from_numpy(np.ascontiguousarray(ds.images))

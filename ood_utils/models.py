@@ -82,11 +82,11 @@ def load_clip(profile: str | Profile | None = None, device: str | torch.device =
     import open_clip
 
     p = get_profile(profile)
-    if p.name == "miniclip" or p.model_name == MINICLIP_NAME:
+    if p.model_name == MINICLIP_NAME:
         register_miniclip()
     if pretrained is _UNSET:
         pretrained = p.pretrained
-        if p.model_name == MINICLIP_NAME:
+        if p.model_name == MINICLIP_NAME:  # the shipped weights, not a hub tag
             pretrained = str(MINICLIP_WEIGHTS)
             if not MINICLIP_WEIGHTS.is_file():
                 raise WeightsMissingError(
