@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= miniclip
 
-.PHONY: setup data course test lab features release clean-cache help
+.PHONY: setup data course test answer-key lab features release clean-cache help
 
 help:
 	@echo "make course   set up .venv, install the data, run every notebook, print the results table"
 	@echo "make test     set up, then run the unit tests and every notebook under nbval"
+	@echo "make answer-key  run every correct variant and planted mistake against the checks (slow)"
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "make release  write student copies of the notebooks to release/"
 	@echo "PROFILE=clip make course   the original CIFAR-100/CIFAR-10 setup (needs internet and a GPU)"
@@ -48,7 +49,12 @@ course: data
 	$(BIN)/python -m ood_utils course --profile $(PROFILE)
 
 test: data
-	OOD_PROFILE=miniclip MPLBACKEND=Agg $(BIN)/python -m pytest --nbval-lax --nbval-current-env tests notebooks
+	OOD_PROFILE=miniclip MPLBACKEND=Agg $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
+		--ignore=tests/answer_key tests notebooks
+
+# The answer key judged both ways: correct variants a student may write pass, planted mistakes fail.
+answer-key: data
+	OOD_PROFILE=miniclip MPLBACKEND=Agg OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/answer_key
 
 lab: data
 	$(BIN)/jupyter lab notebooks/
