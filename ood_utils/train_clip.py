@@ -11,6 +11,7 @@ CLIP loss).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -91,7 +92,14 @@ def build_model(seed: int):
 
     register_miniclip()
     torch.manual_seed(seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(MINICLIP_NAME, pretrained=None)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip warns that no pretrained weights are loaded
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(MINICLIP_NAME,
+                                                                     pretrained=None)
+    finally:
+        root.setLevel(level)
     tokenizer = open_clip.get_tokenizer(MINICLIP_NAME)
     return model, preprocess, tokenizer
 
@@ -112,8 +120,9 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
     scale, and must return a scalar tensor that keeps the autograd graph. Captions of the same
     class are then negatives of each other (the plain loss knows nothing of classes).
 
-    Returns a dict with the final loss, the smoothed loss per epoch, the raw loss of every step
-    (``loss_per_step``), the zero-shot accuracy before/after, and the model.
+    Returns a dict with the final loss, the smoothed loss per epoch, the raw loss and the batch
+    size of every step (``loss_per_step``, ``batch_per_step``; the last batch of an epoch can be
+    smaller), the zero-shot accuracy before/after, and the model.
     """
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -144,7 +153,7 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / total_steps)))
 
-    history, per_step = [], []
+    history, per_step, batch_sizes = [], [], []
     start = time.time()
     step = 0
     for epoch in range(epochs):
@@ -172,6 +181,7 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
                 model.logit_scale.clamp_(0, math.log(100))
             step += 1
             per_step.append(loss.item())
+            batch_sizes.append(len(idx))
             running = 0.9 * running + 0.1 * loss.item() if b else loss.item()
             bar.set_postfix(loss=f"{running:.3f}")
         history.append(running)
@@ -181,7 +191,7 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "seed": seed, "train_images": int(len(x_train)), "final_loss": round(history[-1], 4),
         "loss_per_epoch": [round(h, 4) for h in history],
-        "loss_per_step": [round(v, 4) for v in per_step],
+        "loss_per_step": [round(v, 4) for v in per_step], "batch_per_step": batch_sizes,
         "loss": "soft_clip_loss" if loss_fn is None else getattr(loss_fn, "__name__", "custom"),
         "zero_shot_accuracy_before": round(acc_before, 2),
         "zero_shot_accuracy": round(acc_after, 2), "train_seconds": round(train_seconds, 1),
@@ -219,7 +229,8 @@ def save_weights(model, out: Path, result: dict) -> None:
     atomic_write(out, lambda tmp: torch.save(state, tmp))
     digest = tensor_digest(state)
     config = json.loads(Path(MINICLIP_CONFIG).read_text())
-    card = {k: v for k, v in result.items() if k not in ("model", "tokenizer", "loss_per_step")}
+    card = {k: v for k, v in result.items()
+            if k not in ("model", "tokenizer", "loss_per_step", "batch_per_step")}
     lines = [
         f"# Model card: {MINICLIP_NAME}",
         "",
