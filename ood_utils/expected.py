@@ -139,8 +139,9 @@ EXPECTED: dict[str, dict[str, Expected]] = {
         # names; spread 4e-6 -> the 0.1 floor. tests/answer_key/test_clip.py runs the student
         # variants against this entry.
         "msp": Expected(91.66, 0.1,
-            "measured 2026-11-30, deterministic (no seed), reference and 3 correct variants: "
-            "91.665 (float32 91.665, float64 91.665, numpy 91.665; spread 0.000004)"),
+            "measured 2026-11-30, deterministic (no seed): 91.665; three other correct "
+            "implementations (float32 throughout, float64 after the projection, NumPy) give "
+            "91.665 too (spread over all four 0.000004)"),
         "plp": Expected(87.36, 3.23,
             "measured 2026-11-22, mean of 5 seeds (seed 0: 87.242, seed 1: 86.798, seed 2: 87.874, seed 3: 87.382, seed 4: 87.512; spread 1.077)"),
         "plp_md": Expected(94.48, 1.02,
