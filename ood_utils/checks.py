@@ -11,6 +11,8 @@ graded AUROC checks on the real features come on top.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any, Callable
 
 import numpy as np
@@ -210,6 +212,150 @@ def check_zero_shot_msp(student_fn: Callable) -> None:
                                  f"whole probability matrix; return its maximum per image, "
                                  f"shape {(n,)}")
         _compare(got, want, name, case, "one score per image", hints)
+        if np.any(got > 1 + 1e-6) or np.any(got < 0):
+            raise AssertionError(f"{name} returned values outside [0, 1] ({case})")
+    _passed(name)
+
+
+def _clip_model_for_checks():
+    """The shipped tiny CLIP (small, offline): the model the text and split checks run on."""
+    from .models import load_clip
+
+    model, _, tokenizer = load_clip("miniclip")
+    return model, tokenizer
+
+
+def check_text_embeddings(student_fn: Callable) -> None:
+    """Self-check of ``text_embeddings_exercise(model, tokenizer, class_names, template="{}")``.
+
+    Runs on the shipped tiny CLIP (whatever the profile) and compares with
+    :func:`ood_utils.models.text_embeddings` for one template: one L2-normalised row per class,
+    shape ``(C, embed_dim)``, rows in the order of ``class_names``. Tried with the bare names
+    (``"{}"``) and with ``"a photo of a {}."``.
+    """
+    import torch.nn.functional as F
+
+    from .models import text_embeddings
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    model, tokenizer = _clip_model_for_checks()
+    for names, template in ((["Trouser", "Bag", "Sneaker"], "{}"),
+                            (["Ankle boot", "Coat", "Pullover", "Sandal"], "a photo of a {}.")):
+        case = f"{len(names)} class names, template {template!r}"
+        got = _as_array(student_fn(model, tokenizer, list(names), template), name,
+                        "one text embedding per class name")
+        want = _as_array(text_embeddings(model, tokenizer, names, (template,)), "reference", "")
+        with torch.no_grad():
+            raw = model.encode_text(tokenizer([template.format(c) for c in names])).double()
+            bare = model.encode_text(tokenizer(list(names))).double()
+            raw_np = raw.numpy()
+            hints = {
+                "the text embeddings are not L2-normalised (divide each row by its norm)": raw_np,
+                "the template is ignored: put each class name into it with template.format(name)":
+                    F.normalize(bare, dim=-1).numpy() if template != "{}" else None,
+                "the embeddings are normalised along the wrong axis (dim=0, over the classes): "
+                "normalise each row, dim=-1": F.normalize(raw, dim=0).numpy(),
+                "the sign is flipped": -want,
+            }
+        if got.shape == want.T.shape and got.shape != want.shape:
+            raise AssertionError(f"{name} returned shape {got.shape} ({case}): one ROW per class, "
+                                 f"shape {want.shape}; do not transpose")
+        _compare(got, want, name, case, "one row per class name, in the given order", hints)
+    _passed(name)
+
+
+def check_zero_shot_logits(student_fn: Callable) -> None:
+    """Self-check of ``zero_shot_logits_exercise(image_feats, projection, text_embeds, logit_scale)``.
+
+    Expected: ``logit_scale * cos(projection(image_feats)_i, text_embeds_c)``, shape ``(N, C)``.
+    Inputs are random, of clearly different lengths, the projection a random linear layer;
+    ``logit_scale`` comes as a float and as a 0-d tensor; one case has a square projection so
+    that forgetting it still gives numbers.
+    """
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    cases = [(8, 6, 5, 4, 12.4, 0), (11, 7, 7, 3, torch.tensor(100.0), 1), (5, 9, 4, 6, 1.0, 2)]
+    for n, d, e, c, scale, seed in cases:
+        feats = _random_feats(n, d, 50 + seed)
+        txt = _random_feats(c, e, 60 + seed)
+        torch.manual_seed(70 + seed)
+        projection = torch.nn.Linear(d, e, bias=False).eval()
+        for p in projection.parameters():
+            p.requires_grad_(False)
+        s = float(scale)
+        case = (f"{n} images with {d} trunk features, projection {d}->{e}, {c} classes, "
+                f"logit_scale={s:g}")
+        try:
+            out = student_fn(feats.clone(), projection, txt.clone(), scale)
+        except RuntimeError as err:
+            if "shape" in str(err) or "size" in str(err):
+                raise AssertionError(
+                    f"{name} failed with a shape error ({case}): {err}. The image features are "
+                    f"trunk features of dimension {d}: apply projection(image_feats) first to get "
+                    f"{e}-d image embeddings that can be compared with the text embeddings"
+                ) from None
+            raise
+        got = _as_array(out, name, "the (N, C) matrix of zero-shot logits")
+        with torch.no_grad():
+            z = projection(feats).double().numpy()
+        tx = txt.double().numpy()
+        want = s * _normalize(z) @ _normalize(tx).T
+        f = feats.double().numpy()
+        hints = {
+            "the projection is not applied: the stored features are trunk features, use "
+            "projection(image_feats)": s * _normalize(f) @ _normalize(tx).T if d == e else None,
+            "the image embeddings are not L2-normalised": s * z @ _normalize(tx).T,
+            "the text embeddings are not L2-normalised": s * _normalize(z) @ tx.T,
+            "neither embedding is L2-normalised (the logits must be scaled cosines)":
+                s * z @ tx.T,
+            "logit_scale is not applied (these are the plain cosines)":
+                want / s if s != 1.0 else None,
+            "logit_scale is exponentiated again: it is already exp(model.logit_scale)":
+                np.exp(s) * want / s if s < 50 else None,
+            "the sign is flipped": -want,
+        }
+        if got.shape == (c, n) and c != n:
+            raise AssertionError(f"{name} returned shape {got.shape} ({case}): one row per "
+                                 f"IMAGE and one column per class, shape {(n, c)}")
+        _compare(got, want, name, case, "one row per image, one column per class", hints)
+    _passed(name)
+
+
+def check_msp(student_fn: Callable) -> None:
+    """Self-check of ``msp_exercise(logits)``: the largest softmax probability of each row.
+
+    Compared with :func:`ood_utils.scores.msp_scores` on random logits of several scales,
+    float32 and float64, including a case with as many rows as columns.
+    """
+    from .scores import msp_scores
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    for n, c, spread, dtype, seed in ((7, 4, 3.0, torch.float32, 0), (6, 6, 10.0, torch.float64, 1),
+                                      (9, 3, 0.5, torch.float32, 2)):
+        g = _gen(80 + seed)
+        logits = (torch.randn(n, c, generator=g) * spread).to(dtype)
+        case = f"logits of shape {(n, c)}, {str(dtype).replace('torch.', '')}"
+        out = student_fn(logits.clone())
+        if out is not None and tuple(getattr(out, "shape", ())) == (n, c):
+            raise AssertionError(f"{name} returned shape {(n, c)} ({case}): that is the whole "
+                                 f"probability matrix; return its maximum per row, shape {(n,)}")
+        got = _as_array(out, name, "one maximum softmax probability per image")
+        want = _as_array(msp_scores(logits), "msp_scores", "")
+        z = logits.double().numpy()
+        hints = {
+            "no softmax: this is the largest logit, not the largest probability": z.max(axis=1),
+            "the softmax runs over the images (dim 0) instead of the classes (dim 1)":
+                _softmax(z, axis=0).max(axis=1),
+            "this is 1 - MSP: return the probability itself (higher = more in-distribution)":
+                1 - want,
+            "the sign is flipped: return the probability (higher = more in-distribution)": -want,
+            "the smallest probability instead of the largest": _softmax(z).min(axis=1),
+            "the softmax is taken of the negated logits (softmin)":
+                _softmax(-z).max(axis=1),
+        }
+        _compare(got, want, name, case, "one score per row (image)", hints)
         if np.any(got > 1 + 1e-6) or np.any(got < 0):
             raise AssertionError(f"{name} returned values outside [0, 1] ({case})")
     _passed(name)
@@ -445,10 +591,73 @@ def check_auroc(check_id: str, value: Any, profile=None) -> None:
 
 # --------------------------------------------------------------------------- features (01) and CLIP loss (00)
 
+def check_split_visual(student_fn: Callable) -> None:
+    """Self-check of ``split_visual_exercise(model) -> (backbone, projection)``.
+
+    Runs on a copy of the shipped tiny CLIP (whatever the profile) with random images:
+    ``backbone(x)`` must be the trunk's features ``(N, feature_dim)`` (the image tower *without*
+    its final projection) and ``projection(backbone(x))`` must equal ``model.encode_image(x)``.
+    Both halves must be ``torch.nn.Module`` objects (the extraction calls ``.eval()`` and
+    ``.to(device)`` on the backbone).
+    """
+    import copy
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    model, _ = _clip_model_for_checks()
+    x = torch.randn(5, 3, 32, 32, generator=_gen(90))
+    with torch.no_grad():
+        want_feats = model.visual.trunk(x).double().numpy()
+        want_emb = model.encode_image(x).double().numpy()
+    d, e = want_feats.shape[1], want_emb.shape[1]
+    out = student_fn(copy.deepcopy(model))  # a copy: changing the model in place is allowed
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise AssertionError(f"{name} must return a pair (backbone, projection), got "
+                             f"{type(out).__name__}")
+    backbone, projection = out
+    for part, obj in (("backbone", backbone), ("projection", projection)):
+        if not isinstance(obj, torch.nn.Module):
+            raise AssertionError(
+                f"{name} returned a {type(obj).__name__} as the {part}; return torch.nn.Module "
+                f"objects (submodules of model.visual, or an nn.Module you build) so that "
+                f".eval() and .to(device) work on them")
+    backbone.eval()
+    projection.eval()
+    with torch.no_grad():
+        feats = backbone(x)
+        got_feats = _as_array(feats, f"{name}: backbone", "trunk features")
+        case = f"5 random images of 32x32, trunk dim {d}, embed dim {e}"
+        if got_feats.shape == (5, e) and _close(got_feats, want_emb):
+            raise AssertionError(
+                f"the backbone returned by {name} still applies the projection (its output is "
+                f"model.encode_image(x), {e}-d): remove the final linear layer, the backbone "
+                f"must output the {d}-d trunk features")
+        if got_feats.ndim != 2:
+            raise AssertionError(
+                f"the backbone returned by {name} gives an output of shape {got_feats.shape} "
+                f"({case}); expected one {d}-d feature vector per image, shape (5, {d}). "
+                "forward_features() stops before the pooling and the final norm: use the whole "
+                "trunk")
+        _compare(got_feats, want_feats, f"{name}: backbone", case,
+                 f"one {d}-d trunk feature vector per image")
+        got_emb = _as_array(projection(feats), f"{name}: projection", "image embeddings")
+    if got_emb.shape == (5, d) and d != e:
+        raise AssertionError(f"the projection returned by {name} keeps {d} dimensions; it must "
+                             f"map the trunk features to CLIP's {e}-d joint space (the image "
+                             "tower's final linear layer)")
+    _compare(got_emb, want_emb, f"{name}: projection(backbone(x))", case,
+             "model.encode_image(x), without normalisation",
+             hints={"the projection normalises its output: return W h itself, not W h / |W h|":
+                    _normalize(want_emb)})
+    _passed(name)
+
+
 def check_extract_features(student_fn: Callable) -> None:
     """Compare a feature-extraction loop with :func:`ood_utils.features.extract_features`.
 
     Uses a tiny backbone with dropout (so forgetting ``eval()`` shows) on random images.
+    Anything the student's loop writes to stderr (a tqdm bar) is swallowed, so that the graded
+    cell stays clean.
     """
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -464,7 +673,10 @@ def check_extract_features(student_fn: Callable) -> None:
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16),
                                    torch.nn.Dropout(0.5), torch.nn.ReLU())
     backbone.train()  # the student's function must switch it to evaluation mode itself
-    out = student_fn(backbone, loader, "cpu")
+    # a progress bar inside the student's loop would write to stderr, which nbgrader scores as
+    # a failure of this graded cell: keep whatever the loop prints to stderr out of the output
+    with contextlib.redirect_stderr(io.StringIO()):
+        out = student_fn(backbone, loader, "cpu")
     if not isinstance(out, tuple) or len(out) != 2:
         raise AssertionError(f"{name} must return a pair (feats, labels), got {type(out).__name__}")
     feats, got_labels = out
@@ -490,32 +702,55 @@ def check_extract_features(student_fn: Callable) -> None:
 
 
 def check_clip_loss(student_fn: Callable) -> None:
-    """Compare a CLIP loss with open_clip's own ``ClipLoss`` on random embeddings."""
+    """Compare a CLIP loss with open_clip's own ``ClipLoss`` on random embeddings.
+
+    The embeddings require gradients, as in training: the loss must keep the autograd graph
+    (notebook 00 trains the tiny CLIP with it).
+    """
     from open_clip.loss import ClipLoss
 
+    F = torch.nn.functional
     _require_callable(student_fn)
     name = _fn_name(student_fn)
     reference = ClipLoss()
     for case, (b, e, scale) in enumerate([(4, 8, 1.0), (9, 16, 14.3), (32, 5, 100.0)]):
         g = _gen(10 + case)
-        u = torch.nn.functional.normalize(torch.randn(b, e, generator=g), dim=-1)
-        v = torch.nn.functional.normalize(torch.randn(b, e, generator=g), dim=-1)
+        u = F.normalize(torch.randn(b, e, generator=g), dim=-1).requires_grad_(True)
+        v = F.normalize(torch.randn(b, e, generator=g), dim=-1).requires_grad_(True)
         s = torch.tensor(scale)
         got = student_fn(u, v, s)
         if not isinstance(got, torch.Tensor) or got.numel() != 1:
             raise AssertionError(f"{name} must return a scalar tensor, got "
                                  f"{type(got).__name__} {getattr(got, 'shape', '')}")
-        want = reference(u, v, s)
-        logits = s * u @ v.T
-        one_way = torch.nn.functional.cross_entropy(logits, torch.arange(b))
-        _compare(got.detach().double().reshape(1).numpy(), want.double().reshape(1).numpy(), name,
-                 f"batch {b}, logit scale {scale}", "a single number",
-                 hints={"only the image-to-text direction is averaged in":
-                        one_way.double().reshape(1).numpy(),
-                        "the logits were not multiplied by logit_scale":
-                        ((torch.nn.functional.cross_entropy(u @ v.T, torch.arange(b)) +
-                          torch.nn.functional.cross_entropy(v @ u.T, torch.arange(b))) / 2)
-                        .double().reshape(1).numpy()})
+        if not got.requires_grad:
+            raise AssertionError(f"{name} returned a loss without a gradient: training needs "
+                                 "the autograd graph (no .item(), .detach(), numpy or "
+                                 "torch.no_grad() inside the loss)")
+        with torch.no_grad():
+            want = reference(u, v, s)
+            logits = s * u @ v.T
+            t = torch.arange(b)
+            shifted = torch.roll(t, 1)
+
+            def one(x):
+                return x.double().reshape(1).numpy()
+
+            hints = {
+                "only the image-to-text direction is averaged in": one(F.cross_entropy(logits, t)),
+                "only the text-to-image direction is averaged in":
+                    one(F.cross_entropy(logits.T, t)),
+                "the logits were not multiplied by logit_scale (left out, or divided by it; "
+                "logit_scale is already 1/tau)":
+                    one((F.cross_entropy(u @ v.T, t) + F.cross_entropy(v @ u.T, t)) / 2),
+                "the logits were divided by logit_scale: it is already 1/tau, multiply by it":
+                    one((F.cross_entropy(u @ v.T / s, t) + F.cross_entropy(v @ u.T / s, t)) / 2),
+                "the two directions are summed instead of averaged":
+                    one(F.cross_entropy(logits, t) + F.cross_entropy(logits.T, t)),
+                "the targets are wrong: image i belongs to caption i (torch.arange(B))":
+                    one((F.cross_entropy(logits, shifted) + F.cross_entropy(logits.T, shifted)) / 2),
+            }
+        _compare(one(got.detach()), one(want), name, f"batch {b}, logit scale {scale}",
+                 "a single number", hints=hints)
     _passed(name)
 
 

@@ -11,6 +11,7 @@ CLIP loss).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -91,7 +92,14 @@ def build_model(seed: int):
 
     register_miniclip()
     torch.manual_seed(seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(MINICLIP_NAME, pretrained=None)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip warns that no pretrained weights are loaded
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(MINICLIP_NAME,
+                                                                     pretrained=None)
+    finally:
+        root.setLevel(level)
     tokenizer = open_clip.get_tokenizer(MINICLIP_NAME)
     return model, preprocess, tokenizer
 
@@ -99,12 +107,22 @@ def build_model(seed: int):
 def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
                    weight_decay: float = 0.05, seed: int = 0, limit: int | None = None,
                    out: Path | str | None = MINICLIP_WEIGHTS, progress: bool = True,
-                   eval_limit: int | None = None) -> dict:
+                   eval_limit: int | None = None, loss_fn=None) -> dict:
     """Train the tiny CLIP from scratch and (optionally) save it with its model card.
 
     ``limit`` trains on the first ``limit`` images only and ``eval_limit`` measures the
     zero-shot accuracy on the first ``eval_limit`` test images only (quick demos and tests).
-    Returns a dict with the final loss, zero-shot accuracy before/after, and the model.
+
+    ``loss_fn(image_emb, text_emb, logit_scale)`` replaces the default loss
+    (:func:`soft_clip_loss`, where every same-class caption is a positive) by a plain CLIP loss
+    such as the one written in notebook 00: it receives L2-normalised ``(B, E)`` embeddings of
+    the batch's images and of their own captions, row ``i`` with row ``i``, and the exponentiated
+    scale, and must return a scalar tensor that keeps the autograd graph. Captions of the same
+    class are then negatives of each other (the plain loss knows nothing of classes).
+
+    Returns a dict with the final loss, the smoothed loss per epoch, the raw loss and the batch
+    size of every step (``loss_per_step``, ``batch_per_step``; the last batch of an epoch can be
+    smaller), the zero-shot accuracy before/after, and the model.
     """
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -135,7 +153,7 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / total_steps)))
 
-    history = []
+    history, per_step, batch_sizes = [], [], []
     start = time.time()
     step = 0
     for epoch in range(epochs):
@@ -151,7 +169,10 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
             unique_ids, inverse = torch.unique(caption_ids, return_inverse=True)
             img = F.normalize(model.encode_image(x_train[idx]), dim=-1)
             txt = F.normalize(model.encode_text(caption_tokens[unique_ids]), dim=-1)[inverse]
-            loss = soft_clip_loss(img, txt, labels, model.logit_scale.exp())
+            if loss_fn is None:
+                loss = soft_clip_loss(img, txt, labels, model.logit_scale.exp())
+            else:
+                loss = _user_loss(loss_fn, img, txt, model.logit_scale.exp())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -159,6 +180,8 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             step += 1
+            per_step.append(loss.item())
+            batch_sizes.append(len(idx))
             running = 0.9 * running + 0.1 * loss.item() if b else loss.item()
             bar.set_postfix(loss=f"{running:.3f}")
         history.append(running)
@@ -168,6 +191,8 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "seed": seed, "train_images": int(len(x_train)), "final_loss": round(history[-1], 4),
         "loss_per_epoch": [round(h, 4) for h in history],
+        "loss_per_step": [round(v, 4) for v in per_step], "batch_per_step": batch_sizes,
+        "loss": "soft_clip_loss" if loss_fn is None else getattr(loss_fn, "__name__", "custom"),
         "zero_shot_accuracy_before": round(acc_before, 2),
         "zero_shot_accuracy": round(acc_after, 2), "train_seconds": round(train_seconds, 1),
         "model": model, "tokenizer": tokenizer,
@@ -175,6 +200,22 @@ def train_miniclip(epochs: int = 2, batch_size: int = 256, lr: float = 2e-3,
     if out is not None:
         save_weights(model, Path(out), result)
     return result
+
+
+def _user_loss(loss_fn, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor
+               ) -> torch.Tensor:
+    """Call a user's loss and say clearly what is wrong when its result cannot be trained on."""
+    loss = loss_fn(img, txt, scale)
+    name = getattr(loss_fn, "__name__", "loss_fn")
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TypeError(f"{name} must return a scalar torch tensor, got {type(loss).__name__} "
+                        f"{tuple(getattr(loss, 'shape', ()))}")
+    if not loss.requires_grad:
+        raise ValueError(f"{name} returned a loss without a gradient: do not call .item(), "
+                         ".detach() or numpy inside it, and do not wrap it in torch.no_grad()")
+    if not torch.isfinite(loss):
+        raise ValueError(f"{name} returned {loss.item()} during training")
+    return loss.reshape(())
 
 
 def save_weights(model, out: Path, result: dict) -> None:
@@ -188,7 +229,8 @@ def save_weights(model, out: Path, result: dict) -> None:
     atomic_write(out, lambda tmp: torch.save(state, tmp))
     digest = tensor_digest(state)
     config = json.loads(Path(MINICLIP_CONFIG).read_text())
-    card = {k: v for k, v in result.items() if k not in ("model", "tokenizer")}
+    card = {k: v for k, v in result.items()
+            if k not in ("model", "tokenizer", "loss_per_step", "batch_per_step")}
     lines = [
         f"# Model card: {MINICLIP_NAME}",
         "",

@@ -127,3 +127,28 @@ def test_short_training_is_reproducible_and_its_card_names_the_saved_tensors(tmp
     other = train_miniclip(epochs=1, limit=256, eval_limit=200, seed=4, out=tmp_path / "c.pt",
                            progress=False)
     assert other["tensor_digest"] != digests[0]
+
+
+def test_training_with_a_given_loss_uses_it_and_rejects_unusable_losses():
+    """``loss_fn`` replaces the soft loss (notebook 00 trains on the student's loss): the first
+    step's loss differs from the soft loss's on the same batch and weights; a loss without a gradient or of the wrong shape is refused with
+    a message that says why."""
+    from ood_utils.train_clip import train_miniclip
+
+    def plain(u, v, s):
+        t = torch.arange(len(u))
+        logits = s * u @ v.T
+        return (F.cross_entropy(logits, t) + F.cross_entropy(logits.T, t)) / 2
+
+    kw = dict(epochs=1, limit=256, eval_limit=50, out=None, progress=False, seed=2)
+    mine = train_miniclip(loss_fn=plain, **kw)
+    soft = train_miniclip(**kw)
+    assert mine["loss"] == "plain" and soft["loss"] == "soft_clip_loss"
+    assert len(mine["loss_per_step"]) == 1
+    # same seed, same batch, same initial weights: only the loss differs
+    assert mine["loss_per_step"][0] != soft["loss_per_step"][0]
+    assert mine["zero_shot_accuracy_before"] == soft["zero_shot_accuracy_before"]
+    with pytest.raises(ValueError, match="without a gradient"):
+        train_miniclip(loss_fn=lambda u, v, s: plain(u, v, s).detach(), **kw)
+    with pytest.raises(TypeError, match="scalar"):
+        train_miniclip(loss_fn=lambda u, v, s: s * u @ v.T, **kw)
