@@ -591,7 +591,7 @@ def check_cac_loss(student_fn: Callable) -> None:
 def check_cac_results(summary: dict, profile=None) -> None:
     """Graded check of notebook 07: compare its open-set numbers with the answer key.
 
-    ``summary`` is :func:`ood_utils.cac.open_set_summary`'s dict. The answer key's ``cac``
+    ``summary`` is the dict of :func:`ood_utils.cac.open_set_summary`. The answer key's ``cac``
     entry gives the AUROC target (``value``/``tol``, checked with :func:`check_auroc`) and, in
     ``extra``, ``{key: (value, tol)}`` targets for other entries of ``summary`` (closed-set
     accuracy, recognised rates). Prints one line per number; raises ``AssertionError`` naming

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
 
-    from ood_utils import cac, metrics, pipeline, scores
+    from ood_utils import cac, cac_experiment, metrics, pipeline, scores
     from ood_utils.features import load_features
     from ood_utils.profiles import get_profile, results_dir
 
@@ -118,10 +118,12 @@ def main(argv=None) -> int:
                         s = scores.kmeans_mahalanobis_scores(tr, both, k, relative=rel, seed=seed)
                         save(cid, key, metrics.auroc(s[:len(te)], s[len(te):]))
         if "cac" in args.only and not done("cac", key):
-            data = cac.cac_datasets(profile, seed=seed)
-            blob = cac.baseline_features(data, seed=seed, profile=profile, progress=False)
-            model, _ = cac.cac_on_features(blob, data.num_classes, seed=seed, progress=False)
-            dist = {s: cac.batched_forward(model, blob[f"{s}_feats"])
+            data = cac_experiment.cac_datasets(profile, seed=seed)
+            blob = cac_experiment.baseline_features(data, seed=seed, profile=profile,
+                                                    progress=False)
+            model, _ = cac_experiment.cac_on_features(blob, data.num_classes, seed=seed,
+                                                      progress=False)
+            dist = {s: cac_experiment.batched_forward(model, blob[f"{s}_feats"])
                     for s in ("val", "test", "unknown")}
             summary = cac.open_set_summary(dist["val"], dist["test"], data.test_y, dist["unknown"])
             for extra in CAC_EXTRA:
