@@ -278,15 +278,16 @@ def anchor_space_plot(points_known: Any, labels_known: Any, points_unknown: Any,
 def ranking_slopes(left: Mapping[str, float], right: Mapping[str, float],
                    titles: tuple[str, str] = ("left", "right"), ax=None,
                    title: str = "Ranking of the methods"):
-    """Slope chart: each method's AUROC in two settings, joined by a line.
+    """Bump chart: each method's rank by AUROC in two settings, joined by a line.
 
-    Methods present in both mappings are drawn; a line that crosses others is a method whose
-    rank changes between the settings. Each end is labelled with the rank and the value.
+    Methods present in both mappings are drawn, best at the top; a line that crosses others is
+    a method whose rank changes between the settings. Each end is labelled with the method,
+    its rank and its AUROC.
 
     Parameters
     ----------
     left, right : ``{method name: AUROC in percent}``.
-    titles : names of the two settings (drawn above the two columns).
+    titles : names of the two settings (drawn under the two columns).
     ax : matplotlib axes (default: a new figure).
 
     Returns
@@ -296,21 +297,24 @@ def ranking_slopes(left: Mapping[str, float], right: Mapping[str, float],
     names = [k for k in left if k in right]
     if not names:
         raise ValueError("left and right share no method name")
-    ax = _axes(ax, figsize=(8, 0.45 * len(names) + 2))
+    ax = _axes(ax, figsize=(9, 0.45 * len(names) + 1.5))
     rank_l = {k: i + 1 for i, k in enumerate(sorted(names, key=lambda k: -left[k]))}
     rank_r = {k: i + 1 for i, k in enumerate(sorted(names, key=lambda k: -right[k]))}
     colours = plt.get_cmap("tab20")
     for i, k in enumerate(names):
         c = colours(i % 20)
-        ax.plot([0, 1], [left[k], right[k]], "-o", color=c, lw=2)
-        ax.text(-0.03, left[k], f"{k}  #{rank_l[k]} ({left[k]:.1f})", ha="right",
+        ax.plot([0, 1], [rank_l[k], rank_r[k]], "-o", color=c, lw=2)
+        ax.text(-0.04, rank_l[k], f"{k}  #{rank_l[k]} ({left[k]:.1f})", ha="right",
                 va="center", fontsize=8, color=c)
-        ax.text(1.03, right[k], f"#{rank_r[k]} ({right[k]:.1f})  {k}", ha="left",
+        ax.text(1.04, rank_r[k], f"#{rank_r[k]} ({right[k]:.1f})  {k}", ha="left",
                 va="center", fontsize=8, color=c)
-    ax.set_xlim(-0.9, 1.9)
+    ax.set_xlim(-1.0, 2.0)
+    ax.set_ylim(len(names) + 0.5, 0.5)
     ax.set_xticks([0, 1])
     ax.set_xticklabels(titles)
-    ax.set_ylabel("AUROC (%)")
-    ax.axhline(50, color="gray", ls="--", lw=0.8)
+    ax.set_yticks([])
+    ax.set_ylabel("rank by AUROC (1 = best)")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
     ax.set_title(title)
     return ax
