@@ -244,3 +244,14 @@ def test_check_cac_loss_accepts_the_reference_and_names_mistakes(capsys):
         checks.check_cac_loss(no_anchor_term)
     with pytest.raises(AssertionError, match="tuplet term"):
         checks.check_cac_loss(no_tuplet_term)
+
+
+def test_the_method_module_knows_no_profile_file_or_cache():
+    import subprocess
+    import sys
+
+    code = ("import sys, ood_utils.cac; "
+            "print(sorted(m for m in sys.modules if m.startswith('ood_utils')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['ood_utils', 'ood_utils._arrays', 'ood_utils.cac', 'ood_utils.metrics']"
