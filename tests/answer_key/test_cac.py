@@ -230,11 +230,11 @@ def predict_torch(distances, threshold):
 
 def predict_seed_style(distances, threshold):
     # the seed project's get_osr_prediction, with N instead of its hard-coded 10
-    softmin = torch.nn.Softmin(dim=1)
-    scores = (distances * (1 - softmin(distances))).detach().cpu()
-    pred_value, prediction = torch.min(scores, axis=1)
-    prediction[pred_value > threshold] = distances.shape[1]
-    return prediction
+    inverse = 1 - torch.nn.Softmin(dim=1)(distances)
+    s = (distances * inverse).detach().cpu()
+    smallest, label = torch.min(s, dim=1)
+    label[smallest > threshold] = distances.shape[1]
+    return label
 
 
 def predict_numpy(distances, threshold):
