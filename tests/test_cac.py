@@ -255,3 +255,38 @@ def test_the_method_module_knows_no_profile_file_or_cache():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "['ood_utils', 'ood_utils._arrays', 'ood_utils.cac', 'ood_utils.metrics']"
+
+
+# --------------------------------------------------------------------------- pictures (07, 08)
+
+def test_anchor_space_plot_puts_the_anchors_on_a_circle():
+    import matplotlib.pyplot as plt
+
+    from ood_utils import plots
+
+    n = 6
+    anchors = cac.class_anchors(n, alpha=10.0)
+    rng = np.random.default_rng(0)
+    ax = plots.anchor_space_plot(rng.normal(size=(30, n)), rng.integers(0, n, 30),
+                                 rng.normal(size=(20, n)), anchors, [str(i) for i in range(n)])
+    stars = ax.collections[-n:]
+    got = np.array([s.get_offsets()[0] for s in stars])
+    angles = 2 * np.pi * np.arange(n) / n
+    np.testing.assert_allclose(got, 10 * np.c_[np.cos(angles), np.sin(angles)], atol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        plots.anchor_space_plot(np.zeros((3, 4)), np.zeros(3), np.zeros((2, 6)), anchors,
+                                [str(i) for i in range(n)])
+    plt.close("all")
+
+
+def test_ranking_slopes_draws_ranks():
+    import matplotlib.pyplot as plt
+
+    from ood_utils import plots
+
+    ax = plots.ranking_slopes({"a": 90.0, "b": 80.0, "c": 70.0}, {"a": 60.0, "b": 85.0, "c": 75.0})
+    ends = {tuple(line.get_ydata()) for line in ax.lines}
+    assert ends == {(1, 3), (2, 1), (3, 2)}
+    with pytest.raises(ValueError, match="share no method"):
+        plots.ranking_slopes({"a": 1.0}, {"b": 2.0})
+    plt.close("all")
