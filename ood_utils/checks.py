@@ -756,23 +756,110 @@ def check_clip_loss(student_fn: Callable) -> None:
 
 # --- CAC (open-set recognition) ---
 
+def _tensor_result(result: Any, name: str, what: str, case: str) -> torch.Tensor:
+    """The student's result as a tensor, or an AssertionError saying what came back."""
+    if result is None:
+        raise AssertionError(f"{name} returned None: complete the code between "
+                             "'### START CODE HERE ###' and '### END CODE HERE ###' so that it "
+                             f"returns {what}")
+    if isinstance(result, np.ndarray):
+        return torch.from_numpy(result)
+    if not isinstance(result, torch.Tensor):
+        raise AssertionError(f"{name} returned a {type(result).__name__} ({case}); expected a "
+                             f"torch tensor ({what})")
+    return result
+
+
+def check_cac_anchors(student_fn: Callable) -> None:
+    """Self-check of ``class_anchors_exercise(num_classes, alpha=10.0)`` (notebook 07).
+
+    The anchors are the rows of ``alpha * I`` (anchor ``j`` is ``alpha * e_j``); compared with
+    :func:`ood_utils.cac.class_anchors` for several sizes and magnitudes.
+    """
+    from .cac import class_anchors
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    for n, alpha in ((3, 10.0), (6, 2.5), (10, 10.0), (2, 1.0)):
+        case = f"num_classes={n}, alpha={alpha:g}"
+        got = _as_array(_tensor_result(student_fn(n, alpha=alpha), name,
+                                       "an (N, N) tensor of anchors", case),
+                        name, "an (N, N) tensor of anchors")
+        want = class_anchors(n, alpha=alpha).numpy()
+        hints = {"the anchors are not scaled: multiply the one-hot vectors by alpha":
+                     np.eye(n) if alpha != 1 else None,
+                 "every entry is alpha: anchor j has alpha at position j and zeros elsewhere":
+                     np.full((n, n), alpha) if n > 1 else None}
+        if got.shape == (n,):
+            raise AssertionError(f"{name} returned a vector of shape ({n},) ({case}); return "
+                                 f"the ({n}, {n}) matrix whose row j is the anchor alpha * e_j")
+        _compare(got, want, name, case, "row j is the anchor of class j, alpha * e_j", hints)
+    _passed(name)
+
+
+def check_anchor_distances(student_fn: Callable) -> None:
+    """Self-check of ``anchor_distances_exercise(points, anchors)`` (notebook 07).
+
+    Compares with :func:`ood_utils.cac.anchor_distances` (Euclidean, not squared) on random
+    points, with the course's anchors and with arbitrary anchors (which reveal a swapped axis),
+    and checks that gradients flow back to the points.
+    """
+    from .cac import anchor_distances, class_anchors
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    cases = [(7, 3, "course anchors 10 * e_j"), (5, 6, "course anchors 10 * e_j"),
+             (4, 4, "arbitrary anchors"), (9, 2, "arbitrary anchors")]
+    for b, n, kind in cases:
+        g = _gen(300 + 10 * b + n)
+        points = (torch.randn(b, n, generator=g, dtype=torch.float64) * 6)
+        anchors = (class_anchors(n, alpha=10.0) if kind.startswith("course")
+                   else torch.randn(n, n, generator=g, dtype=torch.float64) * 5)
+        case = f"{b} points, {n} classes, {kind}"
+        p_in = points.clone().requires_grad_(True)
+        raw = _tensor_result(student_fn(p_in, anchors.clone()), name,
+                             "a (B, N) tensor of distances", case)
+        got = _as_array(raw, name, "a (B, N) tensor of distances")
+        want = anchor_distances(points, anchors).numpy()
+        diff = points.numpy()[:, None, :] - anchors.numpy()[None]
+        hints = {"these are squared distances: take the square root (the notebook uses the "
+                 "Euclidean distance ||z - c_j||, as the paper)": want ** 2,
+                 "these are L1 distances (sum of absolute differences): use the Euclidean "
+                 "norm": np.abs(diff).sum(-1),
+                 "rows and columns are swapped: entry [i, j] is the distance of point i to "
+                 "anchor j": want.T if b == n else None}
+        _compare(got, want, name, case, "entry [i, j] = ||points[i] - anchors[j]||", hints)
+        if not raw.requires_grad:
+            raise AssertionError(f"{name} returned distances without a gradient ({case}); use "
+                                 "torch operations on `points` (no numpy, .item() or "
+                                 "torch.no_grad()) so that training can back-propagate")
+        raw.sum().backward()
+        if p_in.grad is None or not torch.isfinite(p_in.grad).all():
+            raise AssertionError(f"{name}: the gradient with respect to the points is missing or "
+                                 f"not finite ({case})")
+    _passed(name)
+
+
 def check_cac_loss(student_fn: Callable) -> None:
     """Self-check of ``cac_loss_exercise(distances, targets, lambda_=0.1)`` (notebook 07).
 
-    Compares with :func:`ood_utils.cac.cac_loss` on random distances (including distances in
-    the hundreds, where a naive ``exp`` overflows), checks that the result is a scalar tensor
-    that gradients flow through, and names common mistakes when the value matches one of them.
+    Compares with :func:`ood_utils.cac.cac_loss` on random float32 and float64 distances (up
+    to 60, the range training reaches and more), checks that the result is a scalar tensor that
+    gradients flow through, and names common mistakes when the value matches one of them.
     """
     from .cac import cac_loss
 
     _require_callable(student_fn)
     name = _fn_name(student_fn)
-    cases = [(8, 6, 0.1, 1.0), (5, 3, 0.0, 1.0), (16, 10, 0.5, 1.0), (6, 4, 0.1, 60.0)]
-    for b, n, lam, scale in cases:
+    cases = [(8, 6, 0.1, 1.0, torch.float32), (5, 3, 0.0, 1.0, torch.float64),
+             (16, 10, 0.5, 1.0, torch.float32), (6, 4, 0.1, 4.0, torch.float64),
+             (12, 6, 0.1, 4.0, torch.float32)]
+    for b, n, lam, scale, dtype in cases:
         g = _gen(70 + b)
-        dist = (torch.rand(b, n, generator=g) * 15 * scale).float()
+        dist = (torch.rand(b, n, generator=g) * 15 * scale).to(dtype)
         y = torch.randint(0, n, (b,), generator=g)
-        case = f"{b} samples, {n} classes, lambda_={lam:g}, distances up to {15 * scale:g}"
+        case = (f"{b} samples, {n} classes, lambda_={lam:g}, {str(dtype)[6:]} distances up to "
+                f"{15 * scale:g}")
         d_in = dist.clone().requires_grad_(True)
         got = student_fn(d_in, y.clone(), lambda_=lam)
         if got is None:
@@ -800,6 +887,8 @@ def check_cac_loss(student_fn: Callable) -> None:
             "the batch is summed instead of averaged (use .mean())":
                 np.array([want * b]),
             "the anchor term lambda_ * d_y is missing": np.array([tuplet.mean()]),
+            "the tuplet term log(1 + sum_j exp(d_y - d_j)) is missing":
+                np.array([lam * d_y.mean()]),
             "the anchor term is not multiplied by lambda_":
                 np.array([(tuplet + d_y).mean()]) if lam != 1 else None,
             "the '1 +' inside the log is missing (or the sum skips j = y incorrectly)":
@@ -823,10 +912,109 @@ def check_cac_loss(student_fn: Callable) -> None:
     _passed(name)
 
 
+def _open_set_cases():
+    """Random distance matrices with thresholds that put samples on both sides."""
+    from .cac import cac_class_scores
+
+    out = []
+    for b, n, seed in ((12, 4, 0), (30, 6, 1), (9, 3, 2)):
+        g = _gen(500 + seed)
+        d = torch.rand(b, n, generator=g, dtype=torch.float64) * 12
+        d[: b // 2] = d[: b // 2] * 0.3  # some samples close to an anchor
+        min_s = cac_class_scores(d).min(dim=1).values.sort().values
+        threshold = float(min_s[b // 2 - 1] + min_s[b // 2]) / 2  # between two samples
+        out.append((d, n, threshold))
+    d, n, threshold = out[0]
+    tie = float(cac_class_scores(d).min(dim=1).values[0])  # a sample exactly at the threshold
+    out.append((d, n, tie))
+    return out
+
+
+def check_open_set_predict(student_fn: Callable) -> None:
+    """Self-check of ``open_set_predict_exercise(distances, threshold)`` (notebook 07).
+
+    The prediction is ``argmin_j s_j`` with ``s_j = d_j (1 - softmin(d)_j)``, replaced by ``N``
+    (unknown) when ``min_j s_j > threshold``; compared with
+    :func:`ood_utils.cac.open_set_predict` with thresholds that put samples on both sides
+    (and one sample exactly at the threshold, which stays known).
+    """
+    from .cac import cac_class_scores, open_set_predict
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    for d, n, threshold in _open_set_cases():
+        case = f"{d.shape[0]} samples, {n} classes, threshold {threshold:.4g}"
+        got = student_fn(d.clone(), threshold)
+        got = _as_array(_tensor_result(got, name, "one class id per sample", case), name,
+                        "one class id per sample")
+        want = open_set_predict(d, threshold=threshold).numpy().astype(np.float64)
+        s = cac_class_scores(d).numpy()
+        pred, min_s = s.argmin(1), s.min(1)
+        dd = d.numpy()
+        soft = np.exp(-dd) / np.exp(-dd).sum(1, keepdims=True)
+        s_max = dd * (1 - np.exp(dd) / np.exp(dd).sum(1, keepdims=True))
+        hints = {
+            "the threshold is applied on the wrong side: a sample is UNKNOWN when "
+            "min_j s_j > threshold (far from every anchor)": np.where(min_s <= threshold, n, pred),
+            "'>=' instead of '>': a sample exactly at the threshold stays known":
+                np.where(min_s >= threshold, n, pred),
+            "unknown samples must get the class id N (= number of known classes), not -1":
+                np.where(min_s > threshold, -1, pred),
+            "the threshold is applied to min_j d_j instead of min_j s_j":
+                np.where(dd.min(1) > threshold, n, pred),
+            "softmax instead of softmin: s_j = d_j * (1 - softmin(d)_j) with "
+            "softmin(d) = softmax(-d)": np.where(s_max.min(1) > threshold, n, s_max.argmin(1)),
+            "the threshold is missing: every sample gets a known class": pred,
+            "the scores are d_j * softmin(d)_j: use (1 - softmin(d)_j)":
+                np.where((dd * soft).min(1) > threshold, n, (dd * soft).argmin(1)),
+        }
+        _compare(got, want, name, case, "one class id per sample (0..N-1, or N for unknown)",
+                 hints, rtol=0, atol=0)
+    _passed(name)
+
+
+def check_open_set_confusion(student_fn: Callable) -> None:
+    """Self-check of ``open_set_confusion_exercise(labels, predictions, num_classes)`` (07).
+
+    The ``(N + 1) x (N + 1)`` matrix counts samples of true class ``t`` (row) predicted as
+    ``p`` (column), the unknown class ``N`` last; compared with
+    :func:`ood_utils.cac.open_set_confusion` on random labels with every class present.
+    """
+    from .cac import open_set_confusion
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    for n, size, seed in ((3, 40, 0), (6, 200, 1), (2, 25, 2)):
+        g = np.random.default_rng(600 + seed)
+        labels = g.integers(0, n + 1, size)
+        pred = np.where(g.random(size) < 0.6, labels, g.integers(0, n + 1, size))
+        labels[: n + 1] = np.arange(n + 1)
+        case = f"{size} samples, {n} known classes + unknown"
+        got = _as_array(_tensor_result(student_fn(torch.from_numpy(labels),
+                                                  torch.from_numpy(pred), n),
+                                       name, "an (N+1, N+1) matrix of counts", case),
+                        name, "an (N+1, N+1) matrix of counts")
+        want = open_set_confusion(labels, pred, n).astype(np.float64)
+        if got.shape == (n, n):
+            raise AssertionError(f"{name} returned shape {got.shape} ({case}); the open-set "
+                                 f"matrix has one more row and column, for the unknown class N "
+                                 f"(e.g. labels=range(N + 1) in sklearn's confusion_matrix)")
+        roll = np.roll(np.roll(want, 1, axis=0), 1, axis=1)
+        hints = {"rows and columns are swapped: rows are the TRUE classes, columns the "
+                 "predictions": want.T,
+                 "the unknown class must be the LAST row and column (index N), not the first":
+                     roll,
+                 "the unknown row and column are misplaced: keep classes in the order 0..N-1, "
+                 "then unknown (N)": roll.T}
+        _compare(got, want, name, case, "entry [t, p] counts true class t predicted as p",
+                 hints, rtol=0, atol=0)
+    _passed(name)
+
+
 def check_cac_results(summary: dict, profile=None) -> None:
     """Graded check of notebook 07: compare its open-set numbers with the answer key.
 
-    ``summary`` is :func:`ood_utils.cac.open_set_summary`'s dict. The answer key's ``cac``
+    ``summary`` is the dict of :func:`ood_utils.cac.open_set_summary`. The answer key's ``cac``
     entry gives the AUROC target (``value``/``tol``, checked with :func:`check_auroc`) and, in
     ``extra``, ``{key: (value, tol)}`` targets for other entries of ``summary`` (closed-set
     accuracy, recognised rates). Prints one line per number; raises ``AssertionError`` naming

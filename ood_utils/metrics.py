@@ -18,7 +18,7 @@ import numpy as np
 
 from ._arrays import score_vector
 
-__all__ = ["auroc", "fpr_at_95_tpr", "aupr_in", "aupr_out", "roc_curve", "ood_metrics"]
+__all__ = ["auroc", "threshold_at_tpr", "fpr_at_95_tpr", "aupr_in", "aupr_out", "roc_curve", "ood_metrics"]
 
 
 def _validate(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -89,14 +89,42 @@ def auroc(scores_in: Any, scores_out: Any) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0) * 100.0)
 
 
-def fpr_at_95_tpr(scores_in: Any, scores_out: Any, tpr: float = 0.95) -> float:
+def threshold_at_tpr(scores_in: Any, *, tpr: float = 0.95) -> float:
+    """The score threshold that accepts a fraction ``tpr`` of the in-distribution samples.
+
+    A sample is accepted when ``score >= t``. ``t`` is the largest score such that at least
+    ``ceil(tpr * N_in)`` of ``scores_in`` are ``>= t``: sort them in decreasing order and take
+    the ``ceil(tpr * N_in)``-th one (the ``(1 - tpr)`` lower quantile, no interpolation).
+    This is the threshold behind :func:`fpr_at_95_tpr`; computed on held-out known data (never
+    on OOD data, which a deployed system does not have), it accepts about ``tpr`` of further
+    known data.
+
+    Parameters
+    ----------
+    scores_in : array or tensor, shape (N_in,)
+        Scores of in-distribution samples (higher = more ID).
+    tpr : float in (0, 1], default 0.95
+
+    Returns
+    -------
+    float: one of the values of ``scores_in``.
+    """
+    s_in = score_vector(scores_in, "scores_in")
+    if not 0.0 < float(tpr) <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    # smallest k with k / N_in >= tpr (tolerance guards against 0.95 * 20 = 18.999...)
+    k = max(1, int(np.ceil(tpr * len(s_in) - 1e-9)))
+    return float(np.sort(s_in)[::-1][k - 1])
+
+
+def fpr_at_95_tpr(scores_in: Any, scores_out: Any, *, tpr: float = 0.95) -> float:
     """Percentage of OOD samples accepted when 95% of the ID samples are accepted.
 
-    A sample is accepted as in-distribution when ``score >= t``. The threshold ``t`` is the
-    largest score such that at least ``ceil(tpr * N_in)`` ID scores are ``>= t``: sort the ID
-    scores in decreasing order and take the ``ceil(0.95 * N_in)``-th one. This is the
-    definition of Hendrycks et al. used by the PLP and MCM papers (ID = positive). OpenOOD and
-    pytorch-ood report the FPR with OOD as the positive class instead, a different number.
+    A sample is accepted as in-distribution when ``score >= t``, with ``t`` from
+    :func:`threshold_at_tpr` on the ID scores (the largest score such that at least
+    ``ceil(tpr * N_in)`` ID scores are ``>= t``). This is the definition of Hendrycks et al.
+    used by the PLP and MCM papers (ID = positive). OpenOOD and pytorch-ood report the FPR with
+    OOD as the positive class instead, a different number.
 
     Ties: every sample whose score equals ``t`` is accepted. The ID acceptance rate can
     therefore exceed ``tpr`` when ID scores tie at ``t``, and OOD samples tied with ``t``
@@ -114,11 +142,7 @@ def fpr_at_95_tpr(scores_in: Any, scores_out: Any, tpr: float = 0.95) -> float:
     float, in [0, 100]; lower is better.
     """
     s_in, s_out = _validate(scores_in, scores_out)
-    if not 0.0 < float(tpr) <= 1.0:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
-    # smallest k with k / N_in >= tpr (tolerance guards against 0.95 * 20 = 18.999...)
-    k = max(1, int(np.ceil(tpr * len(s_in) - 1e-9)))
-    threshold = np.sort(s_in)[::-1][k - 1]
+    threshold = threshold_at_tpr(s_in, tpr=tpr)
     return float(np.mean(s_out >= threshold) * 100.0)
 
 

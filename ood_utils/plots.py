@@ -215,3 +215,106 @@ def auroc_bars(values: Mapping[str, float], expected: Mapping[str, float] | None
     ax.set_title(title)
     ax.legend(fontsize="small", loc="lower right")
     return ax
+
+
+def anchor_space_plot(points_known: Any, labels_known: Any, points_unknown: Any, anchors: Any,
+                      class_names: Sequence[str], ax=None, title: str = "CAC anchor space",
+                      max_points: int = 1500, seed: int = 0):
+    """2-D picture of CAC's anchor space: known points by class, unknown points, the anchors.
+
+    The ``N``-dimensional points are projected linearly with the matrix whose column ``j`` is
+    ``(cos 2 pi j / N, sin 2 pi j / N)``: anchor ``alpha * e_j`` lands on a circle of radius
+    ``alpha`` at angle ``2 pi j / N``, so a point near anchor ``j`` lands near it. The map
+    keeps nearness to an anchor but not every distance (points far from all anchors can land
+    anywhere, often near the middle).
+
+    Parameters
+    ----------
+    points_known : array or tensor, shape (n_known, N); points ``z`` of known images.
+    labels_known : shape (n_known,), their classes ``0..N-1``.
+    points_unknown : shape (n_unknown, N).
+    anchors : shape (N, N), one anchor per row.
+    class_names : N names.
+    ax : matplotlib axes (default: a new figure).
+    max_points : at most this many points of each group are drawn (seeded random subset).
+
+    Returns
+    -------
+    matplotlib axes
+    """
+    zk = np.asarray(to_numpy(points_known, "points_known"), dtype=np.float64)
+    yk = np.asarray(to_numpy(labels_known, "labels_known")).astype(np.int64)
+    zu = np.asarray(to_numpy(points_unknown, "points_unknown"), dtype=np.float64)
+    a = np.asarray(to_numpy(anchors, "anchors"), dtype=np.float64)
+    n = a.shape[0]
+    if zk.ndim != 2 or zk.shape[1] != n or zu.ndim != 2 or zu.shape[1] != n:
+        raise ValueError(f"points must have shape (n, {n}) like the anchors, got "
+                         f"{zk.shape} and {zu.shape}")
+    if len(class_names) != n:
+        raise ValueError(f"class_names must have {n} entries, got {len(class_names)}")
+    angles = 2 * np.pi * np.arange(n) / n
+    proj = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (N, 2)
+    rng = np.random.default_rng(seed)
+    pick_k = rng.permutation(len(zk))[:max_points]
+    pick_u = rng.permutation(len(zu))[:max_points]
+    ax = _axes(ax, figsize=(7, 7))
+    colours = plt.get_cmap("tab10")
+    pk, pu, pa = zk[pick_k] @ proj, zu[pick_u] @ proj, a @ proj
+    ax.scatter(pu[:, 0], pu[:, 1], s=6, c="0.25", alpha=0.35, marker="x",
+               label="unknown (test)")
+    for j in range(n):
+        m = yk[pick_k] == j
+        ax.scatter(pk[m, 0], pk[m, 1], s=6, color=colours(j % 10), alpha=0.5)
+    for j in range(n):
+        ax.scatter(pa[j, 0], pa[j, 1], s=260, marker="*", color=colours(j % 10),
+                   edgecolor="k", linewidth=1.2, zorder=5,
+                   label=f"anchor of {class_names[j]}")
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=0.8)
+    return ax
+
+
+def ranking_slopes(left: Mapping[str, float], right: Mapping[str, float],
+                   titles: tuple[str, str] = ("left", "right"), ax=None,
+                   title: str = "Ranking of the methods"):
+    """Bump chart: each method's rank by AUROC in two settings, joined by a line.
+
+    Methods present in both mappings are drawn, best at the top; a line that crosses others is
+    a method whose rank changes between the settings. Each end is labelled with the method,
+    its rank and its AUROC.
+
+    Parameters
+    ----------
+    left, right : ``{method name: AUROC in percent}``.
+    titles : names of the two settings (drawn under the two columns).
+    ax : matplotlib axes (default: a new figure).
+
+    Returns
+    -------
+    matplotlib axes
+    """
+    names = [k for k in left if k in right]
+    if not names:
+        raise ValueError("left and right share no method name")
+    ax = _axes(ax, figsize=(9, 0.45 * len(names) + 1.5))
+    rank_l = {k: i + 1 for i, k in enumerate(sorted(names, key=lambda k: -left[k]))}
+    rank_r = {k: i + 1 for i, k in enumerate(sorted(names, key=lambda k: -right[k]))}
+    colours = plt.get_cmap("tab20")
+    for i, k in enumerate(names):
+        c = colours(i % 20)
+        ax.plot([0, 1], [rank_l[k], rank_r[k]], "-o", color=c, lw=2)
+        ax.text(-0.04, rank_l[k], f"{k}  #{rank_l[k]} ({left[k]:.1f})", ha="right",
+                va="center", fontsize=8, color=c)
+        ax.text(1.04, rank_r[k], f"#{rank_r[k]} ({right[k]:.1f})  {k}", ha="left",
+                va="center", fontsize=8, color=c)
+    ax.set_xlim(-1.0, 2.0)
+    ax.set_ylim(len(names) + 0.5, 0.5)
+    ax.set_xticks([0, 1])
+    ax.set_xticklabels(titles)
+    ax.set_yticks([])
+    ax.set_ylabel("rank by AUROC (1 = best)")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title)
+    return ax

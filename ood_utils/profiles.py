@@ -49,7 +49,15 @@ class Profile:
         ``None`` means "read them from the dataset" (CIFAR-100).
     feature_dim, embed_dim: trunk output size and projection output size.
     counts: expected number of samples per feature split.
-    cac_known, cac_unknown: datasets of the CAC open-set notebook.
+    cac_known, cac_unknown: datasets of the CAC open-set notebook (07): known classes come from
+        the train and test splits of ``cac_known``, unknown images from the test split of
+        ``cac_unknown``.
+    cac_known_classes, cac_unknown_classes: original class ids used as known / unknown,
+        ``None`` meaning all classes of the dataset.
+    cac_unknown_limit: number of (seeded, random) unknown test images, ``None`` meaning all.
+    cac_baseline_per_class: known training images per class for notebook 07's baseline CNN,
+        ``None`` meaning every one.
+    cac_baseline_epochs: training epochs of that baseline.
     """
 
     name: str
@@ -70,6 +78,8 @@ class Profile:
     cac_known_classes: tuple[int, ...] | None = None
     cac_unknown_classes: tuple[int, ...] | None = None
     cac_unknown_limit: int | None = None
+    cac_baseline_per_class: int | None = None
+    cac_baseline_epochs: int = 5
 
     @property
     def num_id_classes(self) -> int:
@@ -101,6 +111,8 @@ PROFILES: dict[str, Profile] = {
         cac_known="MNIST",
         cac_unknown="CIFAR10",
         cac_unknown_limit=500,
+        cac_baseline_per_class=None,
+        cac_baseline_epochs=5,
     ),
     "miniclip": Profile(
         name="miniclip",
@@ -120,6 +132,8 @@ PROFILES: dict[str, Profile] = {
         cac_unknown="FashionMNIST",
         cac_known_classes=FMNIST_KNOWN,
         cac_unknown_classes=FMNIST_UNKNOWN,
+        cac_baseline_per_class=2000,
+        cac_baseline_epochs=2,
     ),
 }
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import torch
 from scipy.special import softmax
 
 from ood_utils import cac
-from ood_utils.data import DataMissingError
 
 
 # --------------------------------------------------------------------------- loss
@@ -72,7 +70,7 @@ def test_scores_match_an_independent_numpy_version(kind):
     d = rng.uniform(0, 15, size=(50, 6))
     s_ref, pred_ref, unk_ref = _numpy_scores(d)
     x = d if kind == "numpy" else torch.from_numpy(d)
-    s, pred, unk = cac.cac_class_scores(x), cac.cac_predict(x), cac.cac_unknown_scores(x)
+    s, pred, unk = cac.cac_class_scores(x), cac.cac_predict(x), cac.cac_known_scores(x)
     expected_type = np.ndarray if kind == "numpy" else torch.Tensor
     for out in (s, pred, unk):
         assert isinstance(out, expected_type)
@@ -84,25 +82,18 @@ def test_scores_match_an_independent_numpy_version(kind):
 def test_score_prefers_the_near_anchor_and_flags_far_samples():
     d = np.array([[0.5, 9.0, 9.5], [9.0, 9.2, 9.1]])
     assert list(cac.cac_predict(d)) == [0, 0]
-    unk = cac.cac_unknown_scores(d)
+    unk = cac.cac_known_scores(d)
     assert unk[0] > unk[1]  # the sample near an anchor is "more known"
 
 
-def test_seed_threshold_is_the_same_rule_on_the_course_scale():
+def test_original_threshold_is_the_same_rule_on_the_course_scale():
     rng = np.random.default_rng(0)
     d = rng.uniform(0, 3, size=(200, 4))
     min_s = _numpy_scores(d)[0].min(axis=1)
-    score = cac.cac_unknown_scores(d)
-    unknown_by_seed_rule = min_s > 0.5
-    unknown_by_course_rule = score < cac.seed_threshold(0.5)
-    np.testing.assert_array_equal(unknown_by_seed_rule, unknown_by_course_rule)
-
-
-def test_max_softmax_matches_scipy():
-    logits = np.random.default_rng(1).normal(size=(7, 4)) * 3
-    np.testing.assert_allclose(cac.max_softmax(logits), softmax(logits, axis=1).max(axis=1))
-    t = cac.max_softmax(torch.from_numpy(logits).float())
-    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    score = cac.cac_known_scores(d)
+    unknown_by_original_rule = min_s > 0.5
+    unknown_by_course_rule = score < cac.original_threshold(0.5)
+    np.testing.assert_array_equal(unknown_by_original_rule, unknown_by_course_rule)
 
 
 # --------------------------------------------------------------------------- decisions
@@ -118,31 +109,56 @@ def test_known_unknown_confusion_on_a_hand_made_case():
     np.testing.assert_array_equal(matrix_t, matrix)
 
 
-def test_threshold_at_tpr_accepts_the_asked_share():
-    scores = np.random.default_rng(5).permutation(np.arange(1, 101) / 100.0)
-    t = cac.threshold_at_tpr(scores, 0.95)
-    assert t == pytest.approx(0.06)            # 0.06 ... 1.00 are 95 values
-    assert (scores >= t).sum() == 95
-    assert (scores >= np.nextafter(t, 2)).sum() < 95  # no larger threshold keeps 95 %
-    assert cac.threshold_at_tpr(scores, 1.0) == pytest.approx(0.01)
-    with pytest.raises(ValueError, match="tpr"):
-        cac.threshold_at_tpr(scores, 0.0)
-
-
 def test_closed_set_accuracy():
     assert cac.closed_set_accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2])) == 75.0
     with pytest.raises(ValueError, match="labels"):
         cac.closed_set_accuracy(np.array([0, 1]), np.array([0, 1, 2]))
 
 
-# --------------------------------------------------------------------------- models
+def test_open_set_predict_by_hand_and_on_both_sides_of_the_threshold():
+    # row 0 near anchor 0 (min s small), row 1 far from everything (min s large)
+    d = np.array([[0.5, 9.0, 9.5], [9.0, 9.2, 9.1]])
+    s = _numpy_scores(d)[0]
+    assert s[0].min() < 0.5 < s[1].min()
+    np.testing.assert_array_equal(cac.open_set_predict(d, threshold=0.5), [0, 3])
+    # a threshold above both minima accepts both (closed-set prediction)
+    np.testing.assert_array_equal(cac.open_set_predict(d, threshold=100.0), cac.cac_predict(d))
+    # ties: min s == threshold is still known ("unknown when min s > threshold")
+    np.testing.assert_array_equal(cac.open_set_predict(d, threshold=float(s[1].min())), [0, 0])
+    t = cac.open_set_predict(torch.from_numpy(d), threshold=0.5)
+    assert isinstance(t, torch.Tensor) and t.tolist() == [0, 3]
 
-def test_small_cnn_shapes():
-    net = cac.SmallCNN(6).eval()
-    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 6)
-    assert net.classifier[0].in_features == 3 * 3 * 64
-    with pytest.raises(ValueError, match="28, 28"):
-        net(torch.zeros(2, 1, 32, 32))
+
+def test_open_set_predict_agrees_with_the_course_threshold():
+    d = np.random.default_rng(2).uniform(0, 6, size=(300, 5))
+    t_course = -1.3  # a threshold on cac_known_scores
+    rejected = cac.cac_known_scores(d) < t_course
+    pred = cac.open_set_predict(d, threshold=-t_course)
+    np.testing.assert_array_equal(pred == 5, rejected)
+
+
+def test_open_set_confusion_matches_sklearn():
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(4)
+    labels, pred = rng.integers(0, 5, 200), rng.integers(0, 5, 200)
+    want = confusion_matrix(labels, pred, labels=range(5))
+    got = cac.open_set_confusion(labels, pred, num_classes=4)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.int64 and got.shape == (5, 5)
+    # the unknown class is the last row (truth) and column (prediction)
+    one = cac.open_set_confusion(np.array([4]), np.array([0]), num_classes=4)
+    assert one[4, 0] == 1 and one.sum() == 1
+    with pytest.raises(ValueError, match="0..4"):
+        cac.open_set_confusion(np.array([5]), np.array([0]), num_classes=4)
+
+
+def test_class_anchors():
+    a = cac.class_anchors(3, alpha=10.0)
+    np.testing.assert_array_equal(a.numpy(), np.diag([10.0, 10.0, 10.0]))
+    assert a.dtype == torch.float64
+    with pytest.raises(ValueError, match="alpha"):
+        cac.class_anchors(3, alpha=0.0)
 
 
 def test_anchors_are_fixed_and_distances_are_euclidean():
@@ -168,85 +184,22 @@ def test_anchors_are_fixed_and_distances_are_euclidean():
     assert "anchors" in model.state_dict()
 
 
-def _toy_images(n_per_class=8, seed=0):
-    """Three trivially separable classes: a bright square in one of three places, plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    xs, ys = [], []
-    for c, (r, col) in enumerate([(2, 2), (2, 18), (18, 10)]):
-        x = 0.1 * torch.randn(n_per_class, 1, 28, 28, generator=g)
-        x[:, :, r:r + 8, col:col + 8] += 3.0
-        xs.append(x)
-        ys.append(torch.full((n_per_class,), c))
-    return torch.cat(xs), torch.cat(ys)
+def test_cac_model_takes_its_own_anchors_and_distance_function():
+    trunk = torch.nn.Linear(3, 3)
+    seen = []
 
+    def squared(points, anchors):
+        seen.append(anchors.clone())
+        return ((points[:, None, :] - anchors[None]) ** 2).sum(-1)
 
-def _train_toy(seed):
-    """Cross-entropy pretraining then CAC training of a small MLP (fast; same code paths)."""
-    x, y = _toy_images()
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 32), torch.nn.ReLU(),
-                              torch.nn.Dropout(0.2), torch.nn.Linear(32, 3))
-    ce = cac.train_classifier(net, cac.TensorBatches(x, y, 8), epochs=2, lr=1e-3, seed=seed,
-                              progress=False)
-    model = cac.CACModel(net, 3)
-    hist = cac.train_cac(model, cac.TensorBatches(x, y, 8), epochs=8, lr=1e-2, seed=seed,
-                         progress=False)
-    return ce, hist, model
-
-
-def test_training_reduces_the_loss_and_is_reproducible():
-    ce1, hist1, model1 = _train_toy(seed=7)
-    assert hist1[-1] < hist1[0]
-    assert not model1.training  # left in eval mode
-    ce2, hist2, model2 = _train_toy(seed=7)
-    assert ce1 == ce2 and hist1 == hist2
-    for (k, a), b in zip(model1.state_dict().items(), model2.state_dict().values()):
-        assert torch.equal(a, b), k
-    x, y = _toy_images(seed=1)
-    d = cac.batched_forward(model1, x)
-    assert cac.closed_set_accuracy(cac.cac_predict(d), y) == 100.0
-
-
-def test_training_rejects_zero_epochs():
-    with pytest.raises(ValueError, match="epochs"):
-        cac.train_classifier(cac.SmallCNN(3), [], epochs=0)
-
-
-def test_tensor_batches_cover_every_sample_once():
-    x, y = torch.arange(10.0), torch.arange(10)
-    torch.manual_seed(0)
-    batches = list(cac.TensorBatches(x, y, batch_size=4))
-    assert [len(b[1]) for b in batches] == [4, 4, 2]
-    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == list(range(10))
-    assert len(cac.TensorBatches(x, y, batch_size=4)) == 3
-
-
-# --------------------------------------------------------------------------- data
-
-def test_miniclip_datasets():
-    data = cac.cac_datasets("miniclip")
-    assert data.known_names == ("T-shirt/top", "Trouser", "Pullover", "Coat", "Sandal",
-                                "Ankle boot")
-    assert data.unknown_names == ("Dress", "Shirt", "Sneaker", "Bag")
-    assert len(data.train_x) + len(data.val_x) == 36_000 and len(data.val_x) == 3_600
-    assert data.test_x.shape == (6_000, 1, 28, 28) and data.unknown_x.shape == (4_000, 1, 28, 28)
-    assert set(data.train_y.unique().tolist()) == set(range(6))
-    assert set(data.unknown_y.unique().tolist()) == {3, 6, 7, 8}
-    assert abs(float(data.train_x.mean())) < 1e-4 and float(data.train_x.std()) == pytest.approx(1, abs=1e-4)
-    idx = cac.balanced_subset(data.train_y, 50, seed=0)
-    assert torch.bincount(data.train_y[idx]).tolist() == [50] * 6
-
-
-def test_clip_datasets_offline_raise_a_clear_error(tmp_path, monkeypatch):
-    """Without the files and without network, the clip profile says what to do (quickly)."""
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setenv("OOD_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    with pytest.raises(DataMissingError, match="MNIST.*download"):
-        cac.cac_datasets("clip")
+    model = cac.CACModel(trunk, 3, anchors=2 * torch.eye(3), distance_fn=squared)
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        want = ((model.embed(x)[:, None, :] - 2 * torch.eye(3)[None]) ** 2).sum(-1)
+        torch.testing.assert_close(model(x), want)
+    assert torch.equal(seen[0], 2 * torch.eye(3))
+    with pytest.raises(ValueError, match="anchors must have shape"):
+        cac.CACModel(trunk, 3, anchors=torch.eye(4))
 
 
 # --------------------------------------------------------------------------- summary and checks
@@ -270,8 +223,8 @@ def test_open_set_summary_matches_independent_computations():
     assert out["known_accepted_tpr"] == pytest.approx((s_test >= t).mean() * 100)
     assert out["unknown_rejected_tpr"] == pytest.approx((s_unk < t).mean() * 100)
     min_s_unknown = -s_unk
-    assert out["unknown_rejected_seed"] == pytest.approx((min_s_unknown > 0.5).mean() * 100)
-    assert out["matrix_seed"].sum() == 450
+    assert out["unknown_rejected_original"] == pytest.approx((min_s_unknown > 0.5).mean() * 100)
+    assert out["matrix_original"].sum() == 450
 
 
 def test_check_cac_loss_accepts_the_reference_and_names_mistakes(capsys):
@@ -284,12 +237,56 @@ def test_check_cac_loss_accepts_the_reference_and_names_mistakes(capsys):
         d_y = distances.gather(1, targets[:, None])
         return torch.logsumexp(d_y - distances, dim=1).mean()
 
-    def overflowing(distances, targets, lambda_=0.1):
-        d_y = distances.gather(1, targets[:, None])
-        others = torch.exp(d_y - distances).sum(1) - 1
-        return (torch.log(1 + others) + lambda_ * d_y[:, 0]).mean()
+    def no_tuplet_term(distances, targets, lambda_=0.1):
+        return lambda_ * distances.gather(1, targets[:, None]).mean()
 
     with pytest.raises(AssertionError, match="anchor term"):
         checks.check_cac_loss(no_anchor_term)
-    with pytest.raises(AssertionError, match="logsumexp"):
-        checks.check_cac_loss(overflowing)
+    with pytest.raises(AssertionError, match="tuplet term"):
+        checks.check_cac_loss(no_tuplet_term)
+
+
+def test_the_method_module_knows_no_profile_file_or_cache():
+    import subprocess
+    import sys
+
+    code = ("import sys, ood_utils.cac; "
+            "print(sorted(m for m in sys.modules if m.startswith('ood_utils')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['ood_utils', 'ood_utils._arrays', 'ood_utils.cac', 'ood_utils.metrics']"
+
+
+# --------------------------------------------------------------------------- pictures (07, 08)
+
+def test_anchor_space_plot_puts_the_anchors_on_a_circle():
+    import matplotlib.pyplot as plt
+
+    from ood_utils import plots
+
+    n = 6
+    anchors = cac.class_anchors(n, alpha=10.0)
+    rng = np.random.default_rng(0)
+    ax = plots.anchor_space_plot(rng.normal(size=(30, n)), rng.integers(0, n, 30),
+                                 rng.normal(size=(20, n)), anchors, [str(i) for i in range(n)])
+    stars = ax.collections[-n:]
+    got = np.array([s.get_offsets()[0] for s in stars])
+    angles = 2 * np.pi * np.arange(n) / n
+    np.testing.assert_allclose(got, 10 * np.c_[np.cos(angles), np.sin(angles)], atol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        plots.anchor_space_plot(np.zeros((3, 4)), np.zeros(3), np.zeros((2, 6)), anchors,
+                                [str(i) for i in range(n)])
+    plt.close("all")
+
+
+def test_ranking_slopes_draws_ranks():
+    import matplotlib.pyplot as plt
+
+    from ood_utils import plots
+
+    ax = plots.ranking_slopes({"a": 90.0, "b": 80.0, "c": 70.0}, {"a": 60.0, "b": 85.0, "c": 75.0})
+    ends = {tuple(line.get_ydata()) for line in ax.lines}
+    assert ends == {(1, 3), (2, 1), (3, 2)}
+    with pytest.raises(ValueError, match="share no method"):
+        plots.ranking_slopes({"a": 1.0}, {"b": 2.0})
+    plt.close("all")

@@ -153,3 +153,24 @@ def test_wrong_container_is_a_type_error():
 def test_bad_tpr():
     with pytest.raises(ValueError, match="tpr"):
         metrics.fpr_at_95_tpr(np.ones(3), np.ones(3), tpr=1.5)
+
+
+# ---------------------------------------------------------------- threshold at a TPR
+
+@pytest.mark.parametrize("n", [1, 3, 19, 20, 21, 100, 3600, 6001])
+def test_threshold_at_tpr_is_the_largest_threshold_accepting_the_share(n):
+    s = np.random.default_rng(n).normal(size=n)
+    t = metrics.threshold_at_tpr(s, tpr=0.95)
+    # brute force over every candidate: the largest t with mean(s >= t) >= 0.95
+    ok = [c for c in s if np.mean(s >= c) >= 0.95 - 1e-12]
+    assert t == max(ok)
+    assert metrics.fpr_at_95_tpr(s, s) == pytest.approx(np.mean(s >= t) * 100)
+
+
+def test_threshold_at_tpr_by_hand_and_bad_input():
+    scores = np.random.default_rng(5).permutation(np.arange(1, 101) / 100.0)
+    assert metrics.threshold_at_tpr(scores, tpr=0.95) == pytest.approx(0.06)  # 0.06..1.00: 95
+    assert metrics.threshold_at_tpr(scores, tpr=1.0) == pytest.approx(0.01)
+    assert metrics.threshold_at_tpr(torch.from_numpy(scores), tpr=0.5) == pytest.approx(0.51)
+    with pytest.raises(ValueError, match="tpr"):
+        metrics.threshold_at_tpr(scores, tpr=0.0)

@@ -3,7 +3,7 @@
 This is how the ``miniclip`` numbers in ``ood_utils/expected.py`` were produced. It runs the
 same functions the notebooks call (``ood_utils.scores`` through ``ood_utils.pipeline`` and
 ``ood_utils.cac``), once for deterministic methods and once per seed where randomness enters
-(the PLP probe, k-means, the CAC networks), and prints for every check id the per-seed values,
+(the PLP probe, k-means, the CAC stage), and prints for every check id the per-seed values,
 their mean and spread, and the tolerance given by the rule in ``expected.py``:
 
     value = mean over seeds, tol = max(0.1, 3 * (max - min))
@@ -90,6 +90,37 @@ def _msp_variants(profile, te, oo, done):
         yield key, metrics.auroc(*pair)
 
 
+def cac_variants() -> dict:
+    """``{name: (anchors_fn, distance_fn, loss_fn)}``: the answer key's correct CAC variants."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "answer_key" / "test_cac.py"
+    spec = importlib.util.spec_from_file_location("answer_key_cac", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RUNS
+
+
+def measure_cac(profile, seed: int, key: str, save, anchors_fn=None, distance_fn=None,
+                loss_fn=None) -> None:
+    """Notebook 07's pipeline: the cached baseline (seed 0, as in the notebook), then the CAC
+    stage with ``seed`` and the given implementations (default: the reference)."""
+    from ood_utils import cac, cac_experiment
+
+    data = cac_experiment.cac_datasets(profile, seed=0)
+    blob = cac_experiment.baseline_features(data, seed=0, profile=profile, progress=False)
+    anchors = anchors_fn(data.num_classes, alpha=10.0) if anchors_fn else None
+    model, _ = cac_experiment.cac_on_features(blob, data.num_classes, seed=seed, loss_fn=loss_fn,
+                                              anchors=anchors, distance_fn=distance_fn,
+                                              progress=False)
+    dist = {s: cac_experiment.batched_forward(model, blob[f"{s}_feats"])
+            for s in ("val", "test", "unknown")}
+    summary = cac.open_set_summary(dist["val"], dist["test"], data.test_y, dist["unknown"])
+    for extra in CAC_EXTRA:
+        save(f"cac.{extra}", key, summary[extra])
+    save("cac", key, summary["auroc"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=os.environ.get("OOD_PROFILE", "miniclip"))
@@ -106,7 +137,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
 
-    from ood_utils import cac, metrics, pipeline, scores
+    from ood_utils import metrics, pipeline, scores
     from ood_utils.features import load_features
     from ood_utils.profiles import get_profile, results_dir
 
@@ -168,15 +199,13 @@ def main(argv=None) -> int:
                         s = scores.kmeans_mahalanobis_scores(tr, both, k, relative=rel, seed=seed)
                         save(cid, key, metrics.auroc(s[:len(te)], s[len(te):]))
         if "cac" in args.only and not done("cac", key):
-            data = cac.cac_datasets(profile, seed=seed)
-            blob = cac.baseline_features(data, seed=seed, profile=profile, progress=False)
-            model, _ = cac.cac_on_features(blob, data.num_classes, seed=seed, progress=False)
-            dist = {s: cac.batched_forward(model, blob[f"{s}_feats"])
-                    for s in ("val", "test", "unknown")}
-            summary = cac.open_set_summary(dist["val"], dist["test"], data.test_y, dist["unknown"])
-            for extra in CAC_EXTRA:
-                save(f"cac.{extra}", key, summary[extra])
-            save("cac", key, summary["auroc"])
+            measure_cac(profile, seed, key, save)
+    if "cac" in args.only:
+        # correct variants of the notebook's exercises (tests/answer_key/test_cac.py), seed 0
+        for name, fns in cac_variants().items():
+            key = f"{name} seed 0"
+            if name != "reference" and not done("cac", key):
+                measure_cac(profile, 0, key, save, *fns)
 
     date = dt.date.today().isoformat()
     print(f"\n# {profile.name}: value = mean over seeds, tol = max(0.1, 3 * spread); {date}")
