@@ -623,5 +623,4 @@ def test_plp_probe_is_trained_once_per_seed_and_reused(tmp_path, monkeypatch):
     assert first["history_loss"].shape == (3,)
     layer = pipeline.plp_layer(0, "miniclip", epochs=3, progress=False)
     assert torch.allclose(layer(feats["id_test_feats"]), first["id_test"], atol=1e-6)
-    tr, va = pipeline.probe_split(60)
-    assert len(va) == 6 and len(set(tr.tolist()) | set(va.tolist())) == 60
+    assert first["history_train_acc"].shape == (3,) and 1 <= int(first["best_epoch"]) <= 3
