@@ -71,7 +71,7 @@ def test_nbgrader_structure(path):
                 f"{where}: neither an exercise nor locked, so a student could edit it"
     assert len(ids) == len(set(ids)), f"{path.name}: duplicate grade_id"
     if path in EXERCISES:
-        assert n_exercises == 1, f"{path.name}: one exercise cell expected"
+        assert n_exercises >= 1, f"{path.name}: at least one exercise cell expected"
         if path.stem != "00_tiny_clip":  # the bonus part has a self-check but no AUROC
             assert n_checks >= 2, f"{path.name}: a self-check and a graded result expected"
 
@@ -109,14 +109,17 @@ def test_release_blanks_the_exercise_and_leaks_nothing(path):
     assert secrets, f"{path.name}: no solution lines found"
     assert find_leaks(released, secrets) == []
     cells = [c for c in released.cells if nbgrader(c).get("solution") and c.cell_type == "code"]
-    assert len(cells) == 1, path.name
-    src = cells[0].source
-    assert "raise NotImplementedError" in src and "BEGIN SOLUTION" not in src
-    assert "### START CODE HERE ###" in src and "### END CODE HERE ###" in src
+    assert len(cells) >= 1, path.name
     # the instructor copy announces the same length as the released hint
     announced = [c for c in nb.cells if nbgrader(c).get("solution") and c.cell_type == "code"]
     length = re.compile(r"START CODE HERE ### \(≈ (\d+) lines? of code\)")
-    assert length.search(announced[0].source).group(1) == length.search(src).group(1), path.name
+    assert len(announced) == len(cells), path.name
+    for instructor, released_cell in zip(announced, cells):
+        src = released_cell.source
+        assert "raise NotImplementedError" in src and "BEGIN SOLUTION" not in src
+        assert "### START CODE HERE ###" in src and "### END CODE HERE ###" in src
+        assert length.search(instructor.source).group(1) == length.search(src).group(1), \
+            path.name
     # the graded parts are the same in both copies
     assert graded_parts(released) == graded_parts(nb)
 
