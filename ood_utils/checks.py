@@ -429,13 +429,6 @@ def check_probe_msp(student_fn: Callable) -> None:
         case = f"Linear({d}, {c}) on {n} rows"
         result = student_fn(layer, feats.clone())
         got = _as_array(result, name, "one maximum softmax probability per row")
-        if getattr(result, "dtype", None) in (torch.float32, torch.float16, torch.bfloat16,
-                                              np.float32, np.float16):
-            raise AssertionError(
-                f"{name} returned {result.dtype} probabilities ({case}): take the softmax in "
-                f"float64 (e.g. layer(feats).double().softmax(dim=1)). In float32 every "
-                f"probability above 1 - 6e-8 rounds to exactly 1, so confident ID and OOD "
-                f"images tie and the AUROC drops by several points")
         if any(not torch.equal(a, b) for a, b in zip(before, layer.parameters())):
             raise AssertionError(f"{name} changed the layer's weights; only evaluate it")
         want = _as_array(msp_scores(probe_logits(layer, feats)), "msp_scores", "")
@@ -453,6 +446,13 @@ def check_probe_msp(student_fn: Callable) -> None:
             raise AssertionError(f"{name} returned shape {got.shape} ({case}): return the "
                                  f"maximum probability per row, shape {(n,)}")
         _compare(got, want, name, case, "one score per row", hints)
+        if getattr(result, "dtype", None) in (torch.float32, torch.float16, torch.bfloat16,
+                                              np.float32, np.float16):
+            raise AssertionError(
+                f"{name} returned {result.dtype} probabilities ({case}): take the softmax in "
+                f"float64 (e.g. layer(feats).double().softmax(dim=1)). In float32 every "
+                f"probability above 1 - 6e-8 rounds to exactly 1, so confident ID and OOD "
+                f"images tie and the AUROC drops by several points")
     _passed(name)
 
 
