@@ -113,38 +113,64 @@ def _random_feats(n: int, d: int, seed: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- kNN (part III)
 
 def check_knn(student_fn: Callable) -> None:
-    """Self-check of ``knn_scores_exercise(train_feats, test_feats, k=1)``.
+    """Self-check of ``knn_scores_exercise(train_feats, test_feats, k=1, chunk_size=...)``.
 
     Compares with :func:`ood_utils.scores.knn_scores` (cosine similarity to the k-th nearest
-    training row) on random float32 tensors, for k = 1 and k = 3, including a test set larger
-    than the training set.
+    training row) on random float32 tensors whose rows have different lengths, for k = 1 and
+    k = 3, a test set larger than the training set, and small ``chunk_size`` values that do
+    not divide the number of test rows (so a last, shorter chunk must be handled).
     """
     from .scores import knn_scores
 
     _require_callable(student_fn)
     name = _fn_name(student_fn)
-    cases = [((12, 6), (7, 6), 1, 0), ((12, 6), (7, 6), 3, 1), ((9, 4), (15, 4), 1, 2)]
-    for (n_train, d), (n_test, _), k, seed in cases:
+    # (n_train, d), (n_test, d), k, seed, chunk_size (None: the function's default)
+    cases = [((12, 6), (7, 6), 1, 0, None), ((12, 6), (7, 6), 3, 1, None),
+             ((9, 4), (15, 4), 1, 2, None), ((10, 5), (11, 5), 2, 3, 4),
+             ((8, 3), (5, 3), 1, 4, 1), ((10, 5), (6, 5), 3, 5, 50)]
+    for (n_train, d), (n_test, _), k, seed, chunk in cases:
         train = _random_feats(n_train, d, 10 + seed)
         test = _random_feats(n_test, d, 20 + seed)
         case = f"train {tuple(train.shape)}, test {tuple(test.shape)}, k={k}"
-        got = _as_array(student_fn(train.clone(), test.clone(), k=k), name,
-                        "one similarity per test row")
+        kwargs = {"k": k}
+        if chunk is not None:
+            kwargs["chunk_size"] = chunk
+            case += f", chunk_size={chunk}"
+        try:
+            result = student_fn(train.clone(), test.clone(), **kwargs)
+        except NotImplementedError:  # the blank exercise: let it say so itself
+            raise
+        except Exception as err:  # name the case and the likely chunking problem
+            size = chunk if chunk is not None else "its default"
+            raise AssertionError(
+                f"{name} raised {type(err).__name__}: {err} ({case}, chunk_size {size}). With "
+                f"fewer test rows than chunk_size there is one chunk, shorter than chunk_size; "
+                f"range(0, N_test, chunk_size) gives every chunk start, including the last "
+                f"one") from err
+        got = _as_array(result, name, "one similarity per test row")
         want = _as_array(knn_scores(train, test, k=k), "knn_scores", "")
         tr, te = train.double().numpy(), test.double().numpy()
         cos = _normalize(te) @ _normalize(tr).T
         dot = te @ tr.T
         dist = np.sqrt(((te[:, None, :] - tr[None, :, :]) ** 2).sum(-1))
         srt = np.sort(cos, axis=1)[:, ::-1]
+        col = (te / np.linalg.norm(te, axis=0)) @ (tr / np.linalg.norm(tr, axis=0)).T
         hints = {
             "the sign is flipped: return the similarity itself (higher = more in-distribution)":
                 -want,
             "the features are not L2-normalised before the dot product (that is not a cosine)":
                 np.sort(dot, axis=1)[:, ::-1][:, k - 1],
+            "the features are normalised over the wrong axis: normalise every ROW (dim=1), "
+            "so that each feature vector has length 1":
+                np.sort(col, axis=1)[:, ::-1][:, k - 1],
             "Euclidean distance instead of cosine similarity":
                 -np.sort(dist, axis=1)[:, k - 1],
-            "the similarity to the FARTHEST training row: sort in decreasing order":
+            "the similarity to the FARTHEST training row: take the largest similarities "
+            "(topk, or sort in decreasing order)":
                 np.sort(cos, axis=1)[:, k - 1],
+            "the (k+1)-th neighbour instead of the k-th: Python counts from 0, so the k-th "
+            "largest value is at index k - 1":
+                srt[:, k] if k < n_train else None,
             "the mean of the k largest similarities instead of the k-th largest":
                 srt[:, :k].mean(axis=1),
             "k is ignored (this is the nearest neighbour, not the k-th nearest)":
@@ -156,6 +182,26 @@ def check_knn(student_fn: Callable) -> None:
             raise AssertionError(
                 f"{name} returned shape {got.shape}, expected {want.shape} ({case}): one score "
                 f"per TEST row; you reduced over the test rows instead of the training rows")
+        if chunk is not None and chunk < n_test and got.ndim == 1 and len(got) < n_test:
+            full = (n_test // chunk) * chunk
+            what = ("the last, shorter chunk is missing" if len(got) == full else
+                    f"only {len(got)} rows came back")
+            raise AssertionError(
+                f"{name} returned {len(got)} scores for {n_test} test rows ({case}): {what}. "
+                f"Loop over the chunk starts with range(0, N_test, chunk_size) and slice "
+                f"test_feats[start:start + chunk_size], which also covers the last, shorter "
+                f"chunk")
+        if chunk is not None and got.shape == want.shape and not _close(got, want):
+            if _close(np.sort(got), np.sort(want)):
+                raise AssertionError(
+                    f"{name} returned the right scores in the wrong order ({case}): keep the "
+                    f"chunks in the order of the test rows (torch.cat of the parts in loop "
+                    f"order)")
+            if _close(got[:chunk], want[:chunk]):
+                raise AssertionError(
+                    f"{name} is right on the first chunk but wrong after it ({case}): every "
+                    f"chunk must compare test_feats[start:start + chunk_size] with ALL training "
+                    f"rows and write its scores at positions start..start + chunk_size")
         _compare(got, want, name, case, "one score per TEST row", hints)
     _passed(name)
 
@@ -363,6 +409,151 @@ def check_msp(student_fn: Callable) -> None:
 
 # --------------------------------------------------------------------------- probe MSP (part V)
 
+def check_pseudo_labels(student_fn: Callable) -> None:
+    """Self-check of ``pseudo_labels_exercise(logits)``.
+
+    Expected: the index of the largest logit of every row (reference:
+    :func:`ood_utils.scores.pseudo_labels`), as integers, on random logit tensors (more rows
+    than classes, fewer rows than classes, and as many rows as classes).
+    """
+    from .scores import pseudo_labels
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    for n, c, seed in [(9, 4, 0), (3, 7, 1), (5, 5, 2)]:
+        logits = torch.randn(n, c, generator=_gen(70 + seed)) * 5
+        case = f"logits of shape ({n}, {c})"
+        result = student_fn(logits.clone())
+        got = _as_array(result, name, "one class index per row")
+        want = _as_array(pseudo_labels(logits), "pseudo_labels", "")
+        z = logits.double().numpy()
+        if got.shape == (c,) and n != c:
+            raise AssertionError(f"{name} returned shape {got.shape} ({case}): that is one "
+                                 f"value per CLASS; take the argmax over the classes (dim=1), "
+                                 f"one label per row, shape {(n,)}")
+        hints = {
+            "the argmax runs over the rows (dim 0) instead of the classes (dim 1)":
+                z.argmax(axis=0) if n == c else None,
+            "argmin instead of argmax: the pseudo-label is the class with the LARGEST logit":
+                z.argmin(axis=1),
+            "this is the largest logit itself, not its index (use argmax, not max)":
+                z.max(axis=1),
+            "this is the largest softmax probability, not the class index (use argmax)":
+                _softmax(z).max(axis=1),
+        }
+        _compare(got, want, name, case, "one class index per row", hints)
+        dtype = result.dtype if isinstance(result, (torch.Tensor, np.ndarray)) else None
+        if dtype is not None and (dtype.is_floating_point if isinstance(dtype, torch.dtype)
+                                  else np.issubdtype(dtype, np.floating)):
+            raise AssertionError(f"{name} returned {dtype} values ({case}); class indices must "
+                                 f"be integers (torch.int64): cross-entropy needs them so")
+    _passed(name)
+
+
+def _probe_runs(x: torch.Tensor, y: torch.Tensor, c: int, epochs: int, lr: float, seed: int,
+                optimizer: str = "adam") -> list[tuple[dict, float, float]]:
+    """Full-batch training as notebook 04 prescribes; per epoch (weights after the step,
+    training accuracy before the step, training accuracy after the step)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer = torch.nn.Linear(x.shape[1], c)
+    opt = (torch.optim.Adam(layer.parameters(), lr=lr) if optimizer == "adam"
+           else torch.optim.SGD(layer.parameters(), lr=lr))
+    runs = []
+    for _ in range(epochs):
+        logits = layer(x)
+        before = float((logits.argmax(dim=1) == y).double().mean())
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            after = float((layer(x).argmax(dim=1) == y).double().mean())
+        runs.append(({k: v.detach().clone() for k, v in layer.state_dict().items()},
+                     before, after))
+    return runs
+
+
+def _pick(runs, key: int, latest: bool) -> dict:
+    accs = [r[key] for r in runs]
+    best = max(accs)
+    ids = [i for i, a in enumerate(accs) if a == best]
+    return runs[ids[-1] if latest else ids[0]][0]
+
+
+def check_train_probe(student_fn: Callable) -> None:
+    """Self-check of ``train_probe_exercise(train_feats, targets, num_classes, *, epochs, lr,
+    seed)``.
+
+    The prescription of notebook 04: ``torch.manual_seed(seed)`` immediately before
+    ``nn.Linear(D, num_classes)``, full-batch Adam (one step per epoch on all rows) on the
+    cross-entropy with ``targets``, and the weights of the epoch with the highest training
+    accuracy are returned. The check trains the reference on small random problems and
+    compares the returned layer's logits. Accepted selection rules: the accuracy after the
+    epoch's step (earliest or latest epoch on ties), or the accuracy measured on the epoch's
+    own forward pass (as the original assignment's training loop does).
+    """
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    # both cases reach their best training accuracy before the last epoch
+    for n, d, c, epochs, lr, seed in [(90, 5, 3, 14, 0.2, 0), (60, 4, 4, 12, 1.0, 3)]:
+        g = _gen(80 + seed)
+        centres = torch.randn(c, d, generator=g) * 1.5
+        y = torch.randint(0, c, (n,), generator=g)
+        x = (centres[y] + torch.randn(n, d, generator=g)).float()
+        case = f"{n} rows, {d} features, {c} classes, epochs={epochs}, lr={lr}, seed={seed}"
+        state = torch.get_rng_state()
+        layer = student_fn(x.clone(), y.clone(), c, epochs=epochs, lr=lr, seed=seed)
+        torch.set_rng_state(state)
+        if isinstance(layer, tuple):
+            raise AssertionError(f"{name} returned a tuple; return only the trained nn.Linear")
+        if not isinstance(layer, torch.nn.Module):
+            raise AssertionError(f"{name} returned {type(layer).__name__}; return the trained "
+                                 f"torch.nn.Linear holding the best epoch's weights")
+        with torch.no_grad():
+            got = layer(x).detach().double().numpy()
+        if got.shape != (n, c):
+            raise AssertionError(f"{name}'s layer maps the features to shape {got.shape}, "
+                                 f"expected {(n, c)} ({case}): nn.Linear(D, num_classes)")
+        runs = _probe_runs(x, y, c, epochs, lr, seed)
+
+        def logits_of(state_dict):
+            return (x.double() @ state_dict["weight"].double().T
+                    + state_dict["bias"].double()).numpy()
+
+        accepted = [logits_of(_pick(runs, key, latest)) for key in (2, 1)
+                    for latest in (False, True)]
+        if any(_close(got, a, 1e-3, 1e-4) for a in accepted):
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            init = torch.nn.Linear(d, c).state_dict()
+        hints = {
+            "these are the weights of the LAST epoch: keep a copy of the best epoch's "
+            "weights (copy.deepcopy(layer.state_dict()); state_dict() alone returns the live "
+            "tensors, which later steps overwrite) and load them at the end":
+                logits_of(runs[-1][0]),
+            "the layer is untrained (its initial weights): run the optimizer steps":
+                logits_of(init),
+            "SGD instead of Adam: use torch.optim.Adam(layer.parameters(), lr=lr)":
+                logits_of(_pick(_probe_runs(x, y, c, epochs, lr, seed, "sgd"), 2, False)),
+            "the epoch with the LOWEST training accuracy was kept: keep the highest":
+                logits_of(runs[int(np.argmin([r[2] for r in runs]))][0]),
+        }
+        for message, candidate in hints.items():
+            if _close(got, candidate, 1e-3, 1e-4):
+                raise AssertionError(f"{name}: wrong probe ({case}). Likely cause: {message}.")
+        raise AssertionError(
+            f"{name}: the returned layer's logits differ from the prescribed training ({case}; "
+            f"largest difference {np.max(np.abs(got - accepted[0])):.3g}). Check, in this "
+            f"order: torch.manual_seed(seed) immediately before nn.Linear(D, num_classes) "
+            f"(no other random call in between); torch.optim.Adam with lr; full batch (one "
+            f"step per epoch on ALL rows, no shuffling or mini-batches); cross-entropy with "
+            f"the targets passed in (not other labels); the best training accuracy chooses "
+            f"the weights returned")
+    _passed(name)
+
+
 def check_probe_msp(student_fn: Callable) -> None:
     """Self-check of ``probe_msp_exercise(layer, feats)``.
 
@@ -382,8 +573,8 @@ def check_probe_msp(student_fn: Callable) -> None:
         before = [p.detach().clone() for p in layer.parameters()]
         feats = _random_feats(n, d, 60 + seed)
         case = f"Linear({d}, {c}) on {n} rows"
-        got = _as_array(student_fn(layer, feats.clone()), name,
-                        "one maximum softmax probability per row")
+        result = student_fn(layer, feats.clone())
+        got = _as_array(result, name, "one maximum softmax probability per row")
         if any(not torch.equal(a, b) for a, b in zip(before, layer.parameters())):
             raise AssertionError(f"{name} changed the layer's weights; only evaluate it")
         want = _as_array(msp_scores(probe_logits(layer, feats)), "msp_scores", "")
@@ -401,6 +592,13 @@ def check_probe_msp(student_fn: Callable) -> None:
             raise AssertionError(f"{name} returned shape {got.shape} ({case}): return the "
                                  f"maximum probability per row, shape {(n,)}")
         _compare(got, want, name, case, "one score per row", hints)
+        if getattr(result, "dtype", None) in (torch.float32, torch.float16, torch.bfloat16,
+                                              np.float32, np.float16):
+            raise AssertionError(
+                f"{name} returned {result.dtype} probabilities ({case}): take the softmax in "
+                f"float64 (e.g. layer(feats).double().softmax(dim=1)). In float32 every "
+                f"probability above 1 - 6e-8 rounds to exactly 1, so confident ID and OOD "
+                f"images tie and the AUROC drops by several points")
     _passed(name)
 
 

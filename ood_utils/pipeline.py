@@ -24,9 +24,6 @@ from .profiles import Profile, get_profile
 
 SPLITS = ("id_train", "id_test", "ood_test")
 BARE = ("{}",)
-# fraction of the ID training rows held out to pick the probe's best epoch
-PROBE_VAL_FRACTION = 0.1
-PROBE_SPLIT_SEED = 1234
 
 
 def _templates_key(templates: Sequence[str]) -> str:
@@ -87,57 +84,47 @@ def pseudo_labels(profile: str | Profile | None = None, templates: Sequence[str]
             for s in ("id_train", "id_test")}
 
 
-def probe_split(n: int, fraction: float = PROBE_VAL_FRACTION, seed: int = PROBE_SPLIT_SEED
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed random split of ``n`` training rows into (train indices, validation indices)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(round(n * fraction)))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
-
-
-def plp_probe(seed: int = 0, profile: str | Profile | None = None, epochs: int = 20,
-              lr: float = 1e-3, batch_size: int = 256, progress: bool = True
-              ) -> dict[str, torch.Tensor]:
+def plp_probe(seed: int = 0, profile: str | Profile | None = None, *,
+              epochs: int = scores.PROBE_EPOCHS, lr: float = scores.PROBE_LR,
+              progress: bool = True) -> dict[str, torch.Tensor]:
     """The PLP linear probe for ``seed``: trained once, then read from the cache.
 
-    The probe maps trunk features to the ID classes and is trained with cross-entropy on the
-    zero-shot pseudo-labels of 90% of the ID training rows; the other 10% (a fixed split,
-    :func:`probe_split`) with their pseudo-labels choose the best epoch. No real label is used.
+    The probe maps trunk features to the ID classes and is trained with
+    :func:`ood_utils.scores.train_linear_probe` as notebook 04 prescribes: cross-entropy on
+    the zero-shot pseudo-labels of all ID training rows, ``torch.manual_seed(seed)`` before
+    ``nn.Linear``, full-batch Adam, the epoch with the best training accuracy (on the
+    pseudo-labels) kept. No real label is used. Deterministic for a given seed (one thread).
 
     Returns
     -------
     dict with ``weight`` (C, D), ``bias`` (C,), the probe's logits ``id_train``, ``id_test``,
     ``ood_test`` (float32, (N, C)), the pseudo-labels ``pseudo_id_train`` (int64), the
     per-epoch training history ``history_epoch``, ``history_loss`` (mean training loss) and
-    ``history_val_acc`` (validation accuracy on pseudo-labels, 0..1) as float32 tensors, and
+    ``history_train_acc`` (accuracy on the pseudo-labels, 0..1) as float32 tensors, and
     ``best_epoch`` (0-d int64, 1-based: the epoch whose weights were kept).
     """
     p = get_profile(profile)
     meta = {"seed": int(seed), "epochs": int(epochs), "lr": float(lr), "threads": 1,
-            "batch_size": int(batch_size), "val_fraction": PROBE_VAL_FRACTION,
-            "split_seed": PROBE_SPLIT_SEED, "targets": "zero-shot pseudo-labels, bare names"}
+            "batch_size": "full", "select": "best training accuracy",
+            "targets": "zero-shot pseudo-labels, bare names"}
 
     def compute():
         feats = load_features(p, progress=progress)
         targets = pseudo_labels(p)["id_train"]
-        x = feats["id_train_feats"]
-        tr, va = probe_split(len(x))
         with scores.one_cpu_thread():
-            layer = scores.train_linear_probe(x[tr], targets[tr], x[va], targets[va],
-                                              epochs=epochs, lr=lr, batch_size=batch_size,
-                                              seed=seed, progress=progress)
+            fit = scores.train_linear_probe(feats["id_train_feats"], targets, epochs=epochs,
+                                            lr=lr, seed=seed, progress=progress)
+        layer = fit.layer
         out = {"weight": layer.weight.detach().clone().float(),
                "bias": layer.bias.detach().clone().float(),
                "pseudo_id_train": targets}
         for split in SPLITS:
             out[split] = torch.as_tensor(scores.probe_logits(layer, feats[f"{split}_feats"])
                                          ).float().contiguous()
-        history = getattr(layer, "history", None) or []  # list of per-epoch dicts
-        for key in ("epoch", "loss", "val_acc"):
-            values = [h[key] for h in history if key in h]
-            if values:
-                out[f"history_{key}"] = torch.tensor(values, dtype=torch.float32)
-        out["best_epoch"] = torch.tensor(int(getattr(layer, "best_epoch", 0)))
+        for key in ("epoch", "loss", "train_acc"):
+            out[f"history_{key}"] = torch.tensor([h[key] for h in fit.history],
+                                                 dtype=torch.float32)
+        out["best_epoch"] = torch.tensor(int(fit.best_epoch))
         return out
 
     return cached(f"plp_probe_seed{int(seed)}", compute, p, meta=meta)

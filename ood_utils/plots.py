@@ -1,4 +1,5 @@
-"""Plots shared by the notebooks: score histograms, ROC curves, confusion matrices, image grids.
+"""Plots shared by the notebooks: score histograms, ROC curves, confusion matrices, image grids,
+the highest-scored OOD and lowest-scored ID images (:func:`ranked_images`).
 
 Every function draws on ``ax`` when given (so plots can share a figure) or on a new figure,
 and returns the axes (or the figure for :func:`image_grid`). Scores follow the course
@@ -56,7 +57,11 @@ def score_histograms(score_in: Any, score_out: Any, title: str = "", ax=None, bi
 
 
 def roc_curves(curves: Mapping[str, tuple[Any, Any]], ax=None, title: str = "ROC curves"):
-    """ROC curves (ID positive) of several methods on one axes, AUROC in each legend entry.
+    """ROC curves (ID positive) of several methods on one axes, with FPR@95TPR marked.
+
+    A dotted horizontal line marks TPR = 95 % (95 % of the ID images accepted); on every
+    curve a dot marks where it crosses that line, i.e. its FPR@95TPR
+    (:func:`ood_utils.metrics.fpr_at_95_tpr`), which the legend lists next to the AUROC.
 
     Parameters
     ----------
@@ -71,14 +76,17 @@ def roc_curves(curves: Mapping[str, tuple[Any, Any]], ax=None, title: str = "ROC
     if not curves:
         raise ValueError("curves is empty; pass {name: (score_in, score_out)} for at least one method")
     ax = _axes(ax, figsize=(5.5, 5))
+    ax.axhline(0.95, ls=":", color="grey", lw=1, label="TPR = 95 %")
     for name, pair in curves.items():
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ValueError(f"curves[{name!r}] must be a pair (score_in, score_out)")
         s_in, s_out = score_vector(pair[0], f"{name} score_in"), score_vector(pair[1], f"{name} score_out")
         fpr, tpr = metrics.roc_curve(s_in, s_out)
-        ax.plot(fpr, tpr, lw=1.5, label=f"{name} ({metrics.auroc(s_in, s_out):.1f})")
+        fpr95 = metrics.fpr_at_95_tpr(s_in, s_out)
+        line, = ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUROC {metrics.auroc(s_in, s_out):.1f}, "
+                                                 f"FPR@95TPR {fpr95:.1f})")
+        ax.plot([fpr95 / 100], [0.95], "o", color=line.get_color(), ms=6, mec="black", mew=0.6)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (50.0)")
-    ax.axvline(0.05, color="lightgrey", lw=0.8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false positive rate (OOD accepted)")
@@ -86,6 +94,82 @@ def roc_curves(curves: Mapping[str, tuple[Any, Any]], ax=None, title: str = "ROC
     ax.set_title(title)
     ax.legend(fontsize="small", loc="lower right")
     return ax
+
+
+def _image_at(images: Any, i: int) -> np.ndarray:
+    """Image ``i`` of an array, tensor or dataset (``(image, label)`` items) as numpy."""
+    item = images[int(i)]
+    if isinstance(item, tuple):
+        item = item[0]
+    if hasattr(item, "detach"):
+        item = item.detach().cpu().numpy()
+    return np.asarray(item)  # also PIL images
+
+
+def ranked_images(score_in: Any, score_out: Any, images_in: Any, images_out: Any, n: int = 8,
+                  names_in: Sequence[str] | None = None, names_out: Sequence[str] | None = None,
+                  size: float = 1.6, title: str = ""):
+    """The OOD images a score finds most in-distribution and the ID images it finds least.
+
+    Top row: the ``n`` OOD test images with the HIGHEST scores (the worst false accepts);
+    bottom row: the ``n`` ID test images with the LOWEST scores (the worst false rejects).
+    Each title gives the score and, when names are given, the image's class.
+
+    Parameters
+    ----------
+    score_in, score_out : array or tensor, shape (N_in,) and (N_out,); higher = more ID.
+    images_in, images_out : the images in the order of the scores: an array or tensor
+        (N, H, W), (N, H, W, C) or (N, C, H, W), or anything indexable by position that
+        returns an image or an ``(image, label)`` pair (e.g. a torch ``Dataset``).
+    n : images per row.
+    names_in, names_out : optional class name of every image (length N_in / N_out).
+    size : inches per image.
+    title : figure title.
+
+    Returns
+    -------
+    matplotlib figure
+    """
+    s_in, s_out = score_vector(score_in, "score_in"), score_vector(score_out, "score_out")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    for what, imgs, scores in (("images_in", images_in, s_in), ("images_out", images_out, s_out)):
+        if len(imgs) != len(scores):
+            raise ValueError(f"{what} has {len(imgs)} images but there are {len(scores)} "
+                             f"scores; pass the images in the order of the scores")
+    for what, names, scores in (("names_in", names_in, s_in), ("names_out", names_out, s_out)):
+        if names is not None and len(names) != len(scores):
+            raise ValueError(f"{what} has {len(names)} entries but there are {len(scores)} scores")
+    top_out = np.argsort(-s_out, kind="stable")[:n]
+    low_in = np.argsort(s_in, kind="stable")[:n]
+    rows = [("OOD, highest scores", images_out, s_out, names_out, top_out),
+            ("ID, lowest scores", images_in, s_in, names_in, low_in)]
+    ncols = max(len(top_out), len(low_in))
+    fig, axes = plt.subplots(2, ncols, figsize=(size * ncols, 2 * size + 0.9), squeeze=False)
+    for r, (label, imgs, scores, names, idx) in enumerate(rows):
+        for j, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if j >= len(idx):
+                continue
+            img = _image_at(imgs, idx[j])
+            if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+                img = img.transpose(1, 2, 0)
+            if img.ndim == 3 and img.shape[-1] == 1:
+                img = img[..., 0]
+            if img.dtype.kind == "f":
+                lo, hi = float(img.min()), float(img.max())
+                img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+            text = f"{scores[idx[j]]:.3g}"
+            if names is not None:
+                text = f"{names[idx[j]]}\n{text}"
+            ax.set_title(text, fontsize="small")
+        axes[r][0].text(-0.15, 0.5, label, transform=axes[r][0].transAxes, rotation=90,
+                        ha="right", va="center", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def confusion_matrix_plot(cm: Any, labels: Sequence[str], title: str = "", ax=None,

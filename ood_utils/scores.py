@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
     "msp_scores",
     "pseudo_labels",
     "train_linear_probe",
+    "ProbeResult",
     "probe_logits",
     "mahalanobis_scores",
     "kmeans_mahalanobis_scores",
@@ -270,55 +272,91 @@ def _accuracy(layer: nn.Module, feats: torch.Tensor, targets: torch.Tensor,
     return correct / len(feats)
 
 
-def train_linear_probe(train_feats: Any, targets: Any, val_feats: Any, val_targets: Any,
-                       epochs: int = 20, lr: float = 1e-3, batch_size: int = 256, seed: int = 0,
-                       progress: bool = True, num_classes: int | None = None,
-                       weight_decay: float = 0.0) -> nn.Linear:
-    """Train one linear layer with cross-entropy and keep the best epoch on validation data.
+#: The course's probe settings (notebook 04 prescribes them): full-batch Adam, this many epochs
+#: at this learning rate, the weights of the epoch with the best training accuracy kept.
+PROBE_EPOCHS = 100
+PROBE_LR = 0.03
 
-    This is the probe of PLP (Adaloglou et al. 2024) in the course's seed setting: Adam with
-    learning rate ``lr``, mini-batches of ``batch_size`` shuffled every epoch, ``epochs``
-    epochs, and the weights of the epoch with the highest validation accuracy (the earliest
-    one on ties). The targets are usually pseudo-labels (:func:`pseudo_labels` of the
-    zero-shot logits). The paper itself also standardises the features and uses weight decay
-    and a cosine schedule; ``weight_decay`` is exposed, the rest is left to the caller.
 
-    Training is deterministic for a given ``seed``: the initial weights are drawn under
-    ``torch.manual_seed(seed)`` inside :func:`torch.random.fork_rng` (the global random state
-    is left untouched) and the shuffling uses a local :class:`torch.Generator`. It runs on
-    the device of ``train_feats``.
+@dataclass(frozen=True)
+class ProbeResult:
+    """What :func:`train_linear_probe` returns.
+
+    Attributes
+    ----------
+    layer : torch.nn.Linear(D, C) in eval mode, holding the best epoch's weights.
+    history : tuple of dicts, one per epoch: ``epoch`` (1-based), ``loss`` (mean training
+        cross-entropy during the epoch), ``train_acc`` (accuracy on the training targets after
+        the epoch, 0..1) and, when validation data was given, ``val_acc``.
+    best_epoch : int, 1-based epoch whose weights ``layer`` holds.
+    """
+
+    layer: nn.Linear
+    history: tuple
+    best_epoch: int
+
+
+def train_linear_probe(train_feats: Any, targets: Any, *, epochs: int = PROBE_EPOCHS,
+                       lr: float = PROBE_LR, batch_size: int | None = None, seed: int = 0,
+                       val_feats: Any = None, val_targets: Any = None,
+                       num_classes: int | None = None, weight_decay: float = 0.0,
+                       progress: bool = False) -> ProbeResult:
+    """Train one linear layer with cross-entropy and keep the weights of its best epoch.
+
+    This is the probe of PLP (Adaloglou et al. 2024) as the course prescribes it (notebook 04):
+    ``torch.manual_seed(seed)`` immediately before ``nn.Linear(D, C)`` (PyTorch's default
+    initialisation), Adam with learning rate ``lr``, and by default **full-batch** training
+    (one step per epoch on all rows, so no batch order enters). After every epoch the
+    accuracy on the training targets is measured; the weights of the epoch with the highest
+    accuracy are kept (the earliest one on ties), as the original assignment keeps its best
+    training accuracy. With ``val_feats``/``val_targets`` the validation accuracy chooses
+    instead. The targets are usually pseudo-labels (:func:`pseudo_labels` of the zero-shot
+    logits). The paper also standardises the features and uses weight decay and a cosine
+    schedule; ``weight_decay`` is exposed, the rest is left to the caller.
+
+    Training is deterministic for a given ``seed``: the initial weights are drawn inside
+    :func:`torch.random.fork_rng` (the global random state is left untouched) and, with
+    mini-batches, the shuffling uses a local :class:`torch.Generator` seeded with ``seed``.
+    It runs on the device of ``train_feats``.
 
     Parameters
     ----------
     train_feats : array or tensor, shape (N, D)
     targets : integer array or tensor, shape (N,), values in 0..C-1
-    val_feats : array or tensor, shape (M, D)
-    val_targets : integer array or tensor, shape (M,)
-    epochs, lr, batch_size, seed : training settings (see above)
-    progress : bool, default True
-        Show a progress bar over epochs with the training loss and validation accuracy.
+    epochs : int, default :data:`PROBE_EPOCHS`
+    lr : float, default :data:`PROBE_LR`
+    batch_size : int, optional
+        Rows per step; ``None`` (the course's setting) = all rows, one step per epoch.
+    seed : int, default 0
+    val_feats, val_targets : optional (M, D) features and (M,) targets that choose the best
+        epoch instead of the training accuracy.
     num_classes : int, optional
-        Output size C; by default ``max(targets, val_targets) + 1``.
+        Output size C; by default ``max(targets) + 1``.
     weight_decay : float, default 0.0
         Adam's L2 penalty (the seed uses none).
+    progress : bool, default False
+        Show a progress bar over epochs.
 
     Returns
     -------
-    layer : torch.nn.Linear(D, C) in eval mode, holding the best epoch's weights. It carries
-        ``layer.history`` (one dict per epoch: ``epoch``, ``loss`` = mean training loss,
-        ``val_acc`` in [0, 1]) and ``layer.best_epoch`` (1-based).
+    :class:`ProbeResult` (``layer``, ``history``, ``best_epoch``)
     """
     device = _device_of(train_feats)
     x = _feature_tensor(train_feats, "train_feats", device)
-    xv = _feature_tensor(val_feats, "val_feats", device)
-    check_same_dim(x, xv, "train_feats", "val_feats")
     y = _label_tensor(targets, "targets", x.shape[0], device)
-    yv = _label_tensor(val_targets, "val_targets", xv.shape[0], device)
+    if (val_feats is None) != (val_targets is None):
+        raise ValueError("pass val_feats and val_targets together, or neither")
+    xv = yv = None
+    if val_feats is not None:
+        xv = _feature_tensor(val_feats, "val_feats", device)
+        check_same_dim(x, xv, "train_feats", "val_feats")
+        yv = _label_tensor(val_targets, "val_targets", xv.shape[0], device)
     epochs = _positive_int(epochs, "epochs")
-    batch_size = _positive_int(batch_size, "batch_size")
-    if not (np.isfinite(lr) and lr > 0):
+    if batch_size is not None:
+        batch_size = _positive_int(batch_size, "batch_size")
+    if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    needed = int(max(y.max(), yv.max())) + 1
+    needed = int(max(y.max(), yv.max() if yv is not None else 0)) + 1
     if num_classes is None:
         num_classes = needed
     num_classes = _positive_int(num_classes, "num_classes")
@@ -332,35 +370,41 @@ def train_linear_probe(train_feats: Any, targets: Any, val_feats: Any, val_targe
     optimizer = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
+    step = x.shape[0] if batch_size is None else batch_size
 
     history: list[dict] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
     bar = tqdm(range(1, epochs + 1), desc="linear probe", unit="epoch", disable=not progress)
     for epoch in bar:
         layer.train()
-        order = torch.randperm(x.shape[0], generator=generator).to(device)
+        if batch_size is None:
+            order = None
+        else:
+            order = torch.randperm(x.shape[0], generator=generator).to(device)
         total = 0.0
-        for start in range(0, x.shape[0], batch_size):
-            idx = order[start:start + batch_size]
-            loss = loss_fn(layer(x[idx]), y[idx])
+        for start in range(0, x.shape[0], step):
+            idx = slice(None) if order is None else order[start:start + step]
+            xb, yb = x[idx], y[idx]
+            loss = loss_fn(layer(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(loss.detach()) * len(yb)
         layer.eval()
-        acc = _accuracy(layer, xv, yv, 8192)
-        history.append({"epoch": epoch, "loss": total / x.shape[0], "val_acc": acc})
+        record = {"epoch": epoch, "loss": total / x.shape[0],
+                  "train_acc": _accuracy(layer, x, y, 1 << 16)}
+        if xv is not None:
+            record["val_acc"] = _accuracy(layer, xv, yv, 1 << 16)
+        history.append(record)
+        acc = record["val_acc" if xv is not None else "train_acc"]
         if acc > best_acc:
             best_acc, best_epoch = acc, epoch
             best_state = copy.deepcopy(layer.state_dict())
-        bar.set_postfix(loss=f"{total / x.shape[0]:.4f}", val_acc=f"{acc:.4f}",
-                        best=f"{best_acc:.4f}")
+        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{acc:.4f}", best=f"{best_acc:.4f}")
     bar.close()
     layer.load_state_dict(best_state)
     layer.eval()
-    layer.history = history
-    layer.best_epoch = best_epoch
-    return layer
+    return ProbeResult(layer=layer, history=tuple(history), best_epoch=best_epoch)
 
 
 def probe_logits(layer: nn.Module, feats: Any, batch_size: int = 8192) -> Any:

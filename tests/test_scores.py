@@ -248,25 +248,72 @@ def probe_data():
 
 def test_probe_learns_separable_data(probe_data):
     x, y, xv, yv = probe_data
-    layer = scores.train_linear_probe(x, y, xv, yv, epochs=10, lr=1e-2, progress=False)
+    fit = scores.train_linear_probe(x, y, epochs=10, lr=1e-2)
+    assert isinstance(fit, scores.ProbeResult)
+    layer = fit.layer
     assert isinstance(layer, torch.nn.Linear) and (layer.in_features, layer.out_features) == (20, 3)
     acc = (scores.probe_logits(layer, xv).argmax(axis=1) == yv).mean()
     assert acc > 0.9  # chance is 1/3
-    assert len(layer.history) == 10
-    assert set(layer.history[0]) == {"epoch", "loss", "val_acc"}
+    assert len(fit.history) == 10 and 1 <= fit.best_epoch <= 10
+    assert set(fit.history[0]) == {"epoch", "loss", "train_acc"}
+
+
+def _numpy_full_batch_adam(x, y, w, b, epochs, lr, betas=(0.9, 0.999), eps=1e-8):
+    """Independent full-batch Adam on softmax cross-entropy (float64 NumPy), every epoch's
+    (weights, bias, training accuracy after the step)."""
+    n, c = len(x), w.shape[0]
+    onehot = np.eye(c)[y]
+    params = [w.astype(np.float64), b.astype(np.float64)]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    out = []
+    for t in range(1, epochs + 1):
+        z = x @ params[0].T + params[1]
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - onehot) / n
+        grads = [g.T @ x, g.sum(axis=0)]
+        for i in range(2):
+            m[i] = betas[0] * m[i] + (1 - betas[0]) * grads[i]
+            v[i] = betas[1] * v[i] + (1 - betas[1]) * grads[i] ** 2
+            mhat, vhat = m[i] / (1 - betas[0] ** t), v[i] / (1 - betas[1] ** t)
+            params[i] = params[i] - lr * mhat / (np.sqrt(vhat) + eps)
+        acc = ((x @ params[0].T + params[1]).argmax(axis=1) == y).mean()
+        out.append((params[0].copy(), params[1].copy(), acc))
+    return out
+
+
+def test_probe_matches_an_independent_full_batch_adam(probe_data):
+    # the course's prescription: manual_seed(seed) then nn.Linear, full-batch Adam, the epoch
+    # with the best training accuracy (earliest on ties)
+    x, y, _, _ = probe_data
+    x64 = x.astype(np.float64)
+    torch.manual_seed(3)
+    init = torch.nn.Linear(20, 3)
+    runs = _numpy_full_batch_adam(x64, y, init.weight.detach().numpy(),
+                                  init.bias.detach().numpy(), epochs=8, lr=0.05)
+    fit = scores.train_linear_probe(x64, y, epochs=8, lr=0.05, seed=3)
+    accs = [a for _, _, a in runs]
+    assert [h["train_acc"] for h in fit.history] == pytest.approx(accs)
+    best = int(np.argmax(accs))  # argmax returns the earliest maximum
+    assert fit.best_epoch == best + 1
+    np.testing.assert_allclose(fit.layer.weight.detach().numpy(), runs[best][0], rtol=1e-6,
+                               atol=1e-9)
+    np.testing.assert_allclose(fit.layer.bias.detach().numpy(), runs[best][1], rtol=1e-6,
+                               atol=1e-9)
 
 
 def test_probe_is_reproducible_and_leaves_global_rng_alone(probe_data):
     x, y, xv, yv = probe_data
     state = torch.get_rng_state()
-    a = scores.train_linear_probe(x, y, xv, yv, epochs=3, seed=7, progress=False)
+    a = scores.train_linear_probe(x, y, epochs=3, seed=7, batch_size=64)
     assert torch.equal(state, torch.get_rng_state())
-    b = scores.train_linear_probe(torch.from_numpy(x), torch.from_numpy(y), xv, yv,
-                                  epochs=3, seed=7, progress=False)
-    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    b = scores.train_linear_probe(torch.from_numpy(x), torch.from_numpy(y), epochs=3, seed=7,
+                                  batch_size=64)
+    assert torch.equal(a.layer.weight, b.layer.weight) and torch.equal(a.layer.bias, b.layer.bias)
     assert a.history == b.history
-    c = scores.train_linear_probe(x, y, xv, yv, epochs=3, seed=8, progress=False)
-    assert not torch.equal(a.weight, c.weight)
+    c = scores.train_linear_probe(x, y, epochs=3, seed=8, batch_size=64)
+    assert not torch.equal(a.layer.weight, c.layer.weight)
 
 
 def test_probe_keeps_best_validation_epoch(probe_data):
@@ -274,25 +321,31 @@ def test_probe_keeps_best_validation_epoch(probe_data):
     # validation targets shifted by one class: the better the probe learns the training
     # targets, the worse its validation accuracy, so the first epoch must be kept
     wrong = (yv + 1) % 3
-    layer = scores.train_linear_probe(x, y, xv, wrong, epochs=6, lr=0.05, progress=False)
-    accs = [h["val_acc"] for h in layer.history]
-    assert layer.best_epoch == int(np.argmax(accs)) + 1 == 1
-    first = scores.train_linear_probe(x, y, xv, wrong, epochs=1, lr=0.05, progress=False)
-    assert torch.equal(layer.weight, first.weight)
-    own = (scores.probe_logits(layer, xv).argmax(axis=1) == wrong).mean()
+    fit = scores.train_linear_probe(x, y, val_feats=xv, val_targets=wrong, epochs=6, lr=0.05)
+    accs = [h["val_acc"] for h in fit.history]
+    assert fit.best_epoch == int(np.argmax(accs)) + 1 == 1
+    first = scores.train_linear_probe(x, y, val_feats=xv, val_targets=wrong, epochs=1, lr=0.05)
+    assert torch.equal(fit.layer.weight, first.layer.weight)
+    own = (scores.probe_logits(fit.layer, xv).argmax(axis=1) == wrong).mean()
     assert own == pytest.approx(accs[0])
 
 
-def test_probe_num_classes_and_bad_targets(probe_data):
+def test_probe_hyperparameters_are_keyword_only_and_validated(probe_data):
     x, y, xv, yv = probe_data
-    layer = scores.train_linear_probe(x, y, xv, yv, epochs=1, num_classes=5, progress=False)
-    assert layer.out_features == 5
+    with pytest.raises(TypeError):
+        scores.train_linear_probe(x, y, 5)  # epochs only by keyword
+    fit = scores.train_linear_probe(x, y, epochs=1, num_classes=5)
+    assert fit.layer.out_features == 5
     with pytest.raises(ValueError, match="num_classes"):
-        scores.train_linear_probe(x, y, xv, yv, epochs=1, num_classes=2, progress=False)
+        scores.train_linear_probe(x, y, epochs=1, num_classes=2)
     with pytest.raises(ValueError, match="negative"):
-        scores.train_linear_probe(x, y - 1, xv, yv, epochs=1, progress=False)
+        scores.train_linear_probe(x, y - 1, epochs=1)
     with pytest.raises(ValueError, match="integer"):
-        scores.train_linear_probe(x, y.astype(float), xv, yv, epochs=1, progress=False)
+        scores.train_linear_probe(x, y.astype(float), epochs=1)
+    with pytest.raises(ValueError, match="together"):
+        scores.train_linear_probe(x, y, epochs=1, val_feats=xv)
+    with pytest.raises(ValueError, match="lr"):
+        scores.train_linear_probe(x, y, epochs=1, lr=-1.0)
     with pytest.raises(ValueError, match="columns"):
         scores.probe_logits(torch.nn.Linear(20, 3), x[:, :5])
 

@@ -1,0 +1,189 @@
+"""Answer key of notebook 02 (kNN): every correct way passes both checks, every mistake fails one.
+
+Each variant is a function with the exercise's signature
+``knn_scores_exercise(train_feats, test_feats, k=1, chunk_size=2048)``. A correct variant must
+pass :func:`ood_utils.checks.check_knn` and reach the expected ``knn`` AUROC on the real
+``miniclip`` features (:func:`ood_utils.checks.check_auroc`). A planted mistake must fail the
+self-check with a message naming it, or fail the AUROC check.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.neighbors import NearestNeighbors
+
+from ood_utils import checks, metrics
+from ood_utils.features import load_features
+
+
+# --------------------------------------------------------------------------- correct variants
+
+@torch.no_grad()
+def torch_topk_chunked(train_feats, test_feats, k=1, chunk_size=2048):
+    train = F.normalize(train_feats.float(), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    parts = []
+    for start in range(0, len(test), chunk_size):
+        parts.append((test[start:start + chunk_size] @ train.T).topk(k, dim=1).values[:, k - 1])
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def torch_float64_divide_by_norm_max(train_feats, test_feats, k=1, chunk_size=2048):
+    train = train_feats.double()
+    train = train / train.norm(dim=1, keepdim=True)
+    test = test_feats.double()
+    test = test / test.norm(dim=1, keepdim=True)
+    out = torch.empty(len(test), dtype=torch.float64)
+    for start in range(0, len(test), chunk_size):
+        sim = test[start:start + chunk_size] @ train.T
+        # k = 1 is the row maximum; other k from topk
+        out[start:start + chunk_size] = (sim.max(dim=1).values if k == 1
+                                         else sim.topk(k, dim=1).values[:, -1])
+    return out
+
+
+@torch.no_grad()
+def torch_kthvalue_while_loop(train_feats, test_feats, k=1, chunk_size=2048):
+    train = F.normalize(train_feats, p=2.0, dim=-1)
+    parts, start = [], 0
+    while start < test_feats.shape[0]:
+        query = F.normalize(test_feats[start:start + chunk_size], dim=-1)
+        # the k-th largest similarity is the k-th smallest negated similarity
+        parts.append(-torch.kthvalue(-(query @ train.T), k, dim=1).values)
+        start += chunk_size
+    return torch.cat(parts)
+
+
+def numpy_partition_float32(train_feats, test_feats, k=1, chunk_size=2048):
+    train = np.asarray(train_feats, dtype=np.float32)
+    test = np.asarray(test_feats, dtype=np.float32)
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    test = test / np.linalg.norm(test, axis=1, keepdims=True)
+    scores = []
+    for start in range(0, len(test), chunk_size):
+        sim = test[start:start + chunk_size] @ train.T
+        scores.append(-np.partition(-sim, k - 1, axis=1)[:, k - 1])
+    return np.concatenate(scores)
+
+
+def numpy_sort_float64_rows_ceil(train_feats, test_feats, k=1, chunk_size=2048):
+    train = np.asarray(train_feats, dtype=np.float64)
+    test = np.asarray(test_feats, dtype=np.float64)
+    train /= np.linalg.norm(train, axis=1)[:, None]
+    scores = np.empty(len(test))
+    n_chunks = int(np.ceil(len(test) / chunk_size))
+    for i in range(n_chunks):
+        rows = slice(i * chunk_size, (i + 1) * chunk_size)
+        q = test[rows] / np.linalg.norm(test[rows], axis=1)[:, None]
+        scores[rows] = np.sort(q @ train.T, axis=1)[:, ::-1][:, k - 1]
+    return scores
+
+
+def sklearn_nearest_neighbors(train_feats, test_feats, k=1, chunk_size=2048):
+    nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute")
+    nn.fit(np.asarray(train_feats))
+    distances, _ = nn.kneighbors(np.asarray(test_feats))
+    return 1.0 - distances[:, k - 1]  # cosine distance = 1 - cosine similarity
+
+
+CORRECT = [torch_topk_chunked, torch_float64_divide_by_norm_max, torch_kthvalue_while_loop,
+           numpy_partition_float32, numpy_sort_float64_rows_ceil, sklearn_nearest_neighbors]
+
+
+# --------------------------------------------------------------------------- planted mistakes
+
+@torch.no_grad()
+def no_normalisation(train_feats, test_feats, k=1, chunk_size=2048):
+    return torch.cat([(test_feats[s:s + chunk_size] @ train_feats.T).topk(k, dim=1).values[:, -1]
+                      for s in range(0, len(test_feats), chunk_size)])
+
+
+@torch.no_grad()
+def k_plus_one_neighbour(train_feats, test_feats, k=1, chunk_size=2048):
+    train, test = F.normalize(train_feats, dim=1), F.normalize(test_feats, dim=1)
+    return torch.cat([(test[s:s + chunk_size] @ train.T).topk(k + 1, dim=1).values[:, k]
+                      for s in range(0, len(test), chunk_size)])
+
+
+@torch.no_grad()
+def smallest_similarity(train_feats, test_feats, k=1, chunk_size=2048):
+    train, test = F.normalize(train_feats, dim=1), F.normalize(test_feats, dim=1)
+    return torch.cat([(test[s:s + chunk_size] @ train.T).topk(k, dim=1, largest=False).values[:, -1]
+                      for s in range(0, len(test), chunk_size)])
+
+
+@torch.no_grad()
+def negative_sign(train_feats, test_feats, k=1, chunk_size=2048):
+    return -torch_topk_chunked(train_feats, test_feats, k, chunk_size)
+
+
+@torch.no_grad()
+def drops_last_chunk(train_feats, test_feats, k=1, chunk_size=2048):
+    train, test = F.normalize(train_feats, dim=1), F.normalize(test_feats, dim=1)
+    n_full = max(1, len(test) // chunk_size)  # the remainder is never scored
+    return torch.cat([(test[i * chunk_size:(i + 1) * chunk_size] @ train.T).topk(k, dim=1)
+                      .values[:, -1] for i in range(n_full)])
+
+
+@torch.no_grad()
+def normalises_wrong_axis(train_feats, test_feats, k=1, chunk_size=2048):
+    train, test = F.normalize(train_feats, dim=0), F.normalize(test_feats, dim=0)
+    return torch.cat([(test[s:s + chunk_size] @ train.T).topk(k, dim=1).values[:, -1]
+                      for s in range(0, len(test), chunk_size)])
+
+
+@torch.no_grad()
+def repeats_first_chunk(train_feats, test_feats, k=1, chunk_size=2048):
+    train, test = F.normalize(train_feats, dim=1), F.normalize(test_feats, dim=1)
+    parts = []
+    for start in range(0, len(test), chunk_size):
+        rows = len(test[start:start + chunk_size])
+        parts.append((test[:rows] @ train.T).topk(k, dim=1).values[:, -1])
+    return torch.cat(parts)
+
+
+# mistake -> words the self-check's message must contain
+MISTAKES = {
+    no_normalisation: "not L2-normalised",
+    k_plus_one_neighbour: "(k+1)-th neighbour",
+    smallest_similarity: "FARTHEST",
+    negative_sign: "sign is flipped",
+    drops_last_chunk: "last, shorter chunk",
+    normalises_wrong_axis: "wrong axis",
+    repeats_first_chunk: "first chunk",
+}
+
+
+# --------------------------------------------------------------------------- tests
+
+@pytest.fixture(scope="module")
+def feats():
+    return load_features("miniclip", progress=False)
+
+
+def _auroc(fn, feats):
+    train = feats["id_train_feats"]
+    return metrics.auroc(fn(train, feats["id_test_feats"], k=1),
+                         fn(train, feats["ood_test_feats"], k=1))
+
+
+@pytest.mark.parametrize("fn", CORRECT, ids=lambda f: f.__name__)
+def test_correct_variant_passes_both_checks(fn, feats):
+    checks.check_knn(fn)
+    checks.check_auroc("knn", _auroc(fn, feats), "miniclip")
+
+
+@pytest.mark.parametrize("fn", list(MISTAKES), ids=lambda f: f.__name__)
+def test_mistake_is_named_by_the_self_check(fn):
+    with pytest.raises(AssertionError) as caught:
+        checks.check_knn(fn)
+    assert MISTAKES[fn] in str(caught.value), str(caught.value)
+
+
+def test_no_normalisation_also_fails_the_auroc_check(feats):
+    # the mistake with the least obvious effect on real features is also caught there
+    with pytest.raises(AssertionError, match="knn"):
+        checks.check_auroc("knn", _auroc(no_normalisation, feats), "miniclip")
