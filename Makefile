@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= miniclip
 
-.PHONY: setup data course test lab features release clean-cache help
+.PHONY: setup data course test test-nbgrader lab features release clean-cache help
 
 help:
 	@echo "make course   set up .venv, install the data, run every notebook, print the results table"
 	@echo "make test     set up, then run the unit tests and every notebook under nbval"
+	@echo "make test-nbgrader  grade 02/05 with real nbgrader (own venv .venv-nbgrader); no stderr in graded cells"
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "make release  write student copies of the notebooks to release/"
 	@echo "PROFILE=clip make course   the original CIFAR-100/CIFAR-10 setup (needs internet and a GPU)"
@@ -49,6 +50,12 @@ course: data
 
 test: data
 	OOD_PROFILE=miniclip MPLBACKEND=Agg $(BIN)/python -m pytest --nbval-lax --nbval-current-env tests notebooks
+
+# nbgrader 0.9.6 in its own venv (.venv-nbgrader, reused), a kernelspec for .venv, and
+# generate_assignment / validate / autograde on 02 and 05 (OOD_NBGRADER_NOTEBOOKS=...), plus
+# every notebook's graded cells checked for stderr: tests/nbgrader/nbgrader_suite.py
+test-nbgrader: data
+	OOD_PROFILE=miniclip MPLBACKEND=Agg $(BIN)/python -m pytest tests/nbgrader/nbgrader_suite.py
 
 lab: data
 	$(BIN)/jupyter lab notebooks/
