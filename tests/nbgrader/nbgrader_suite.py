@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import csv
 import json
 import os
 import shutil
@@ -226,12 +227,17 @@ def course(nbgrader_bin, tmp_path_factory):
     times["autograde"] = time.monotonic() - t
     scores = json.loads(_run([nbgrader_bin / "python", "-c", GRADEBOOK, ASSIGNMENT], home,
                              env).stdout)
+    _run(nbgrader + ["export"], home, env)  # README's last step: grades.csv per assignment
+    with open(home / "grades.csv", newline="") as fh:
+        exported = {row["student_id"]: float(row["score"]) for row in csv.DictReader(fh)
+                    if row["assignment"] == ASSIGNMENT}
     t = time.monotonic()
     rows = grade_submissions([home / "submitted"], NOTEBOOK_DIR, base / "course_grades",
                              profile="miniclip", jobs=2, cell_timeout=CELL_TIMEOUT)
     times["course grader"] = time.monotonic() - t
     print("nbgrader course timings (s):", {k: round(v, 1) for k, v in times.items()})
     return {"home": home, "validate": validate, "scores": scores, "rows": rows,
+            "exported": exported,
             "sentinel": sentinel, "sentinel_text": '{"profile": "miniclip", "aurocs": {}}\n',
             "results_dir": results_dir, "base": base}
 
@@ -301,6 +307,9 @@ def test_autograde_scores(course):
         # ... except that it restores deleted checks: the deleted copy scores as blank
         assert totals[f"deleted/{stem}.ipynb"] == pytest.approx(got["blank"]["score"])
     assert sorted(totals) == sorted(f"{s}/{stem}.ipynb" for s in STUDENTS for stem in NOTEBOOKS)
+    # `nbgrader export` sums the notebooks of the assignment
+    assert course["exported"] == pytest.approx(
+        {s: sum(scores[f"{s}/{stem}"]["score"] for stem in NOTEBOOKS) for s in STUDENTS})
 
 
 def test_warning_is_shown_on_stdout_in_the_graded_cell(course):
