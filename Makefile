@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= miniclip
 
-.PHONY: setup data course test answer-key lab features release clean-cache help
+.PHONY: setup data course test answer-key test-nbgrader lab features release clean-cache help
 
 help:
 	@echo "make course   set up .venv, install the data, run every notebook, print the results table"
 	@echo "make test     set up, then run the unit tests and every notebook under nbval"
 	@echo "make answer-key  run every correct variant and planted mistake against the checks (slow)"
+	@echo "make test-nbgrader  grade 02/05 with real nbgrader (own venv .venv-nbgrader); no stderr in graded cells"
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "make release  write student copies of the notebooks to release/"
 	@echo "PROFILE=clip make course   the original CIFAR-100/CIFAR-10 setup (needs internet and a GPU)"
@@ -55,6 +56,12 @@ test: data
 # The answer key judged both ways: correct variants a student may write pass, planted mistakes fail.
 answer-key: data
 	OOD_PROFILE=miniclip MPLBACKEND=Agg OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/answer_key
+
+# nbgrader 0.9.6 in its own venv (.venv-nbgrader, reused), a kernelspec for .venv, and
+# generate_assignment / validate / autograde on 02 and 05 (OOD_NBGRADER_NOTEBOOKS=...), plus
+# every notebook's graded cells checked for stderr: tests/nbgrader/nbgrader_suite.py
+test-nbgrader: data
+	OOD_PROFILE=miniclip MPLBACKEND=Agg $(BIN)/python -m pytest tests/nbgrader/nbgrader_suite.py
 
 lab: data
 	$(BIN)/jupyter lab notebooks/

@@ -20,6 +20,9 @@ import torch
 
 from .expected import get_expected
 from .profiles import get_profile
+from .streams import route_warnings_to_stdout
+
+route_warnings_to_stdout()  # inside a kernel only: see ood_utils.streams
 
 # values are compared with |got - want| <= ATOL + RTOL * |want| (float32 work is fine)
 RTOL = 1e-3

@@ -12,7 +12,8 @@ loop, dead kernel, invalid JSON) gives rows with a status and never stops the ot
 
 Matching a submission to its instructor notebook (``--source``, default ``notebooks/``):
   DIR/<student>/02_knn.ipynb    the file name is an instructor notebook's name;
-                                the student id is the folder holding the file
+                                the student id is the first folder below DIR
+  DIR/<student>/<assignment>/02_knn.ipynb   (nbgrader's submitted/ layout) likewise
   DIR/<student>_02_knn.ipynb    the file name ends with "_" + an instructor notebook's name;
                                 the student id is the part before it
 A FOLDER argument is searched recursively for *.ipynb files (checkpoints skipped).
@@ -94,33 +95,60 @@ class Submission:
     key: str
 
 
+class _Found(type(Path())):
+    """A submission file found under a folder argument; remembers that folder (``search_root``)."""
+
+    search_root: Path | None = None
+
+
 def find_submissions(args) -> list[Path]:
-    """Expand files and folders into a list of files (folders: ``*.ipynb`` recursively)."""
+    """Expand files and folders into a list of files (folders: ``*.ipynb`` recursively).
+
+    A file found under a folder argument remembers that folder (attribute ``search_root``), so
+    that :func:`match_submission` can take the first folder below it as the student's id.
+    """
     found: list[Path] = []
     for arg in map(Path, args):
         if arg.is_dir():
-            found.extend(p for p in sorted(arg.rglob("*.ipynb"))
-                         if ".ipynb_checkpoints" not in p.parts and p.is_file())
+            for p in sorted(arg.rglob("*.ipynb")):
+                if ".ipynb_checkpoints" not in p.parts and p.is_file():
+                    item = _Found(p)
+                    item.search_root = arg
+                    found.append(item)
         else:
             found.append(arg)
     return found
 
 
 def _student_id(text: str) -> str:
+    """A safe folder name for a student id (other characters become ``_``)."""
     text = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
     return text or "unknown"
 
 
-def match_submission(path, source_names) -> tuple[str, str | None]:
+def match_submission(path, source_names, root=None) -> tuple[str, str | None]:
     """``(student, instructor notebook name or None)`` for a submitted file.
 
     Rules: a file named exactly like an instructor notebook belongs to the student named by
-    its folder; a file named ``<student>_<notebook>`` (or ``<student>-<notebook>``) belongs to
-    ``<student>`` (the longest matching notebook name wins). Otherwise no match.
+    the first folder below ``root`` (the folder given on the command line) when the file lies
+    in a subfolder of it, else by the folder holding the file. So both
+    ``root/<student>/02_knn.ipynb`` and nbgrader's ``submitted/<student>/<assignment>/02_knn.ipynb``
+    (with ``root = submitted``) name ``<student>``. A file named ``<student>_<notebook>`` (or
+    ``<student>-<notebook>``) belongs to ``<student>`` (the longest matching notebook name
+    wins). Otherwise no match.
     """
+    if root is None:
+        root = getattr(path, "search_root", None)
     path = Path(path)
     names = sorted(source_names, key=len, reverse=True)
     if path.name in names:
+        if root is not None:
+            try:
+                rel = path.resolve().relative_to(Path(root).resolve())
+            except ValueError:
+                rel = None
+            if rel is not None and len(rel.parts) >= 2:
+                return _student_id(rel.parts[0]), path.name
         return _student_id(path.parent.resolve().name), path.name
     for name in names:
         for sep in ("_", "-"):

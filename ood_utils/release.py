@@ -10,7 +10,12 @@ metadata ``solution: true``) becomes an empty frame
 where N counts the non-blank, non-comment lines of the solution. A block at the top level of
 a cell keeps every variable the solution assigns as ``name = ...`` above the ``raise``.
 Outputs and execution counts are cleared, nbgrader metadata is kept, check cells (nbgrader
-``grade: true``) are locked (``locked: true``, ``editable: false``, ``deletable: false``).
+``grade: true``) are locked (``locked: true``). Cells are then stamped as
+``nbgrader generate_assignment`` stamps them (see :mod:`ood_utils.cells`): exercise cells get
+``deletable: false``, check and locked cells ``deletable: false`` and ``editable: false``, and
+every exercise, check and locked cell gets nbgrader's ``checksum`` of its released source and
+its ``cell_type``, so ``nbgrader validate`` reports a student copy whose checks were edited.
+Files are written with permission 0644 (readable by a course exchange), like nbgrader's.
 
 Before anything is written, every string of the released notebook (sources, outputs,
 metadata, attachments) is searched for every solution line of 12 or more non-space characters
@@ -36,7 +41,7 @@ from pathlib import Path
 import nbformat
 
 from ._io import atomic_write_text
-from .cells import cell_source, is_solution, nbgrader_meta
+from .cells import cell_source, is_solution, lock_for_release, nbgrader_meta, stamp_checksum
 
 __all__ = ["ReleaseError", "release_notebook", "release_course", "find_leaks",
            "solution_lines", "configure_parser", "run"]
@@ -262,9 +267,13 @@ def release_notebook(nb, name: str = "notebook"):
         meta = nbgrader_meta(cell)
         if meta.get("grade", False) and not meta.get("solution", False):
             meta["locked"] = True
-        if meta.get("locked", False):
-            cell.metadata["editable"] = False
-            cell.metadata["deletable"] = False
+        meta.pop("checksum", None)  # stale stamps of the instructor copy
+        meta.pop("cell_type", None)
+        lock_for_release(cell)
+        try:
+            stamp_checksum(cell)  # on the released source, as nbgrader does
+        except ValueError as err:
+            raise ReleaseError(f"{_where(name, index)}: {err}") from None
     leaks = find_leaks(out, solution_lines(nb, name))
     if leaks:
         raise ReleaseError(f"{name}: solution text would be released: " + "; ".join(leaks[:5]))
@@ -317,7 +326,7 @@ def release_files(paths, out_dir) -> list[Path]:
         if leaks:
             raise ReleaseError(f"{dst.name}: solution text would be released: {leaks[0]}")
     for nb, dst, _ in built:
-        atomic_write_text(dst, nbformat.writes(nb))
+        atomic_write_text(dst, nbformat.writes(nb), mode=0o644)  # nbgrader writes 0644 too
     return [dst for _, dst, _ in built]
 
 

@@ -10,11 +10,18 @@ Layout under :func:`ood_utils.profiles.results_dir` (``results/`` by default)::
 Writes are atomic (temporary file + ``os.replace``) and serialised with a lock file; the JSON is
 read, validated and merged before every write, so notebooks recording different checks never
 lose each other's entries, and a damaged file is replaced (with a warning) instead of crashing.
+
+Under nbgrader (``nbgrader validate`` / ``autograde`` set ``NBGRADER_EXECUTION`` in the
+environment the kernel inherits) :func:`record` computes and prints the metrics but writes
+nothing: nbgrader runs every submission with the same kernel environment, so each one would
+overwrite the same file (the course's runner and notebook 08 would then show the last student's
+numbers). The course's own grader gives each submission its own ``OOD_RESULTS_DIR`` instead.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +38,15 @@ from .profiles import Profile, get_profile, results_dir
 METRIC_KEYS = ("aurocs", "fpr95", "aupr_in", "aupr_out")
 # key of ood_utils.metrics.ood_metrics() for every key of the JSON file
 _FROM_METRICS = {"aurocs": "auroc", "fpr95": "fpr95", "aupr_in": "aupr_in", "aupr_out": "aupr_out"}
+
+
+def under_nbgrader() -> bool:
+    """Whether this process runs inside ``nbgrader validate`` or ``nbgrader autograde``.
+
+    nbgrader 0.9.6 sets ``NBGRADER_EXECUTION`` (``"validate"`` or ``"autograde"``) in its own
+    environment while it executes a notebook; the kernel it starts inherits it.
+    """
+    return bool(os.environ.get("NBGRADER_EXECUTION"))
 
 
 def results_path(profile: str | Profile | None = None) -> Path:
@@ -127,6 +143,11 @@ def record(check_id: str, score_in: Any, score_out: Any,
     -------
     dict with keys ``auroc``, ``fpr95``, ``aupr_in``, ``aupr_out`` (percent), as in
     :func:`ood_utils.metrics.ood_metrics`.
+
+    Notes
+    -----
+    Under nbgrader (:func:`under_nbgrader`) nothing is written; the metrics are still
+    returned and printed.
     """
     name = get_profile(profile).name
     if check_id not in CHECK_IDS:
@@ -140,6 +161,12 @@ def record(check_id: str, score_in: Any, score_out: Any,
                              "{'accuracy': 92.4}; pass only the scalar entries of a summary")
         extra = {k: float(v) for k, v in extra.items()}
     values = metrics.ood_metrics(s_in, s_out)
+    if under_nbgrader():  # one shared environment for every submission: keep the file intact
+        if not quiet:
+            print(f"{check_id}: AUROC {values['auroc']:.2f}, FPR@95TPR {values['fpr95']:.2f}, "
+                  f"AUPR-in {values['aupr_in']:.2f}, AUPR-out {values['aupr_out']:.2f} "
+                  f"(not recorded: running under nbgrader)")
+        return values
 
     npz = scores_dir(name) / f"{check_id}.npz"
     def write_npz(tmp):

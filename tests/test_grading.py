@@ -343,3 +343,35 @@ def test_later_calls_see_the_current_environment(graded, tmp_path, monkeypatch):
                    for o in c.outputs)
     assert f"OOD_FEATURES_DIR {tmp_path / 'other_cache'}" in text
     assert "OOD_PROFILE clip" in text
+
+
+def test_nbgrader_layout_names_the_first_folder_below_the_root(tmp_path):
+    from ood_utils.grading import _submissions, find_submissions
+
+    def put(rel):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(toy(), path)
+
+    # nbgrader's submitted/<student>/<assignment>/<notebook>.ipynb, next to the course's layouts
+    put("submitted/alice/ood/02_toy.ipynb")
+    put("submitted/bob/ood/02_toy.ipynb")
+    put("submitted/bob/ood/.ipynb_checkpoints/02_toy-checkpoint.ipynb")
+    put("submitted/carol/02_toy.ipynb")
+    put("submitted/dan_02_toy.ipynb")
+    put("submitted/eve/ood/eve-02_toy.ipynb")
+    subs = _submissions(find_submissions([tmp_path / "submitted"]), TOY_DIR)
+    assert sorted(s.key for s in subs) == ["alice/02_toy.ipynb", "bob/02_toy.ipynb",
+                                          "carol/02_toy.ipynb", "dan/02_toy.ipynb",
+                                          "eve/02_toy.ipynb"]
+    assert all(s.source == TOY_DIR / "02_toy.ipynb" for s in subs)
+    # a file given by itself has no root: the folder holding it names the student
+    single = _submissions(find_submissions([tmp_path / "submitted/carol/02_toy.ipynb"]), TOY_DIR)
+    assert [s.key for s in single] == ["carol/02_toy.ipynb"]
+    # the root may be given explicitly, and a path outside it falls back to its folder
+    names = ["02_toy.ipynb"]
+    root = tmp_path / "submitted"
+    assert match_submission(root / "alice/ood/02_toy.ipynb", names, root=root) == \
+        ("alice", "02_toy.ipynb")
+    assert match_submission(tmp_path / "elsewhere/ood/02_toy.ipynb", names, root=root) == \
+        ("ood", "02_toy.ipynb")

@@ -108,8 +108,9 @@ def test_outputs_cleared_metadata_kept_checks_locked():
         assert (nbg_before is None) == (nbg_after is None)
         if nbg_before is None:
             continue
-        assert {k: v for k, v in nbg_after.items() if k != "locked"} == \
-               {k: v for k, v in nbg_before.items() if k != "locked"}
+        stamps = ("locked", "checksum", "cell_type")  # added by the release
+        assert {k: v for k, v in nbg_after.items() if k not in stamps} == \
+               {k: v for k, v in nbg_before.items() if k not in stamps}
         if nbg_before["grade"]:
             assert nbg_after["locked"] is True
             assert after.metadata["editable"] is False
@@ -117,6 +118,7 @@ def test_outputs_cleared_metadata_kept_checks_locked():
         if nbg_before["solution"]:
             assert nbg_after["locked"] is False
             assert after.metadata.get("editable", True) is True
+            assert after.metadata["deletable"] is False  # as nbgrader's LockCells
     assert src.cells[3].outputs, "release must not modify its input"
 
 
@@ -281,3 +283,81 @@ def test_lock_readonly_cells_protects_setup_code_from_edits():
     student.cells[1].source = "THRESHOLD = 0.0"
     restored, _ = restore_locked_cells(student, nb)
     assert restored.cells[1].source == "THRESHOLD = 0.5"
+
+
+def _md5(*parts):
+    import hashlib
+    return hashlib.md5("".join(parts).encode("utf-8")).hexdigest()
+
+
+def test_checksums_are_nbgraders():
+    from ood_utils.cells import nbgrader_checksum
+
+    # nbgrader 0.9.6 utils.compute_checksum, worked by hand: md5 of source, cell type,
+    # str(is_grade), str(is_solution), str(is_locked), grade_id, str(float(points)) if graded
+    v4 = nbformat.v4
+    check = v4.new_code_cell("assert f(2) == 4\n")
+    check.metadata["nbgrader"] = {"grade": True, "solution": False, "points": 2,
+                                  "grade_id": "g1", "schema_version": 3}
+    assert nbgrader_checksum(check) == _md5("assert f(2) == 4\n", "code", "True", "False",
+                                            "True", "g1", "2.0")
+    exercise = v4.new_code_cell("def f(x):\n    raise NotImplementedError()")
+    exercise.metadata["nbgrader"] = {"grade": False, "solution": True, "locked": True,
+                                     "grade_id": "ex"}
+    # a solution cell is never locked for nbgrader, whatever its "locked" says
+    assert nbgrader_checksum(exercise) == _md5(exercise.source, "code", "False", "True",
+                                               "False", "ex")
+    prose = v4.new_markdown_cell("Read me.")
+    prose.metadata["nbgrader"] = {"locked": True, "grade_id": "intro"}
+    assert nbgrader_checksum(prose) == _md5("Read me.", "markdown", "False", "False", "True",
+                                            "intro")
+    no_id = v4.new_code_cell("x = 1")
+    no_id.metadata["nbgrader"] = {"locked": True}
+    with pytest.raises(ValueError, match="grade_id"):
+        nbgrader_checksum(no_id)
+
+
+def test_release_stamps_cells_like_nbgrader_and_a_gutted_check_is_detectable():
+    from ood_utils.cells import nbgrader_checksum
+
+    out = release_notebook(toy(), "02_toy.ipynb")
+    stamped = 0
+    for cell in out.cells:
+        meta = cell.metadata.get("nbgrader")
+        if not meta:
+            assert "checksum" not in str(cell.metadata)
+            continue
+        stamped += 1
+        assert meta["cell_type"] == cell.cell_type
+        assert meta["checksum"] == nbgrader_checksum(cell)  # of the released source
+        assert cell.metadata["deletable"] is False
+        assert cell.metadata.get("editable", True) is (not meta.get("locked", False))
+    assert stamped == len(CHECKS) + len(EXERCISES) + 1  # + the locked setup cell
+    checks = [c for c in out.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    for check in checks:  # what `nbgrader validate` recomputes for a student's copy
+        gutted = copy.deepcopy(check)
+        gutted.source = "pass"
+        assert nbgrader_checksum(gutted) != check.metadata["nbgrader"]["checksum"]
+        worth_less = copy.deepcopy(check)
+        worth_less.metadata["nbgrader"]["points"] = 0
+        assert nbgrader_checksum(worth_less) != check.metadata["nbgrader"]["checksum"]
+    # the instructor copy's stale stamps are replaced, not kept
+    src = toy()
+    src.cells[CHECKS["squares_public"]].metadata["nbgrader"]["checksum"] = "stale"
+    again = release_notebook(src, "02_toy.ipynb")
+    assert again.cells[CHECKS["squares_public"]].metadata["nbgrader"]["checksum"] == \
+        out.cells[CHECKS["squares_public"]].metadata["nbgrader"]["checksum"]
+
+
+def test_released_files_are_world_readable_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o077)
+    try:
+        written = release_course(TOY_DIR, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert written
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
