@@ -504,7 +504,9 @@ def grade_submissions(paths, source_dir="notebooks", out_dir="grades", profile=N
     # children are forked from a server that imported the grader once (a fresh interpreter
     # per submission would spend seconds importing nbformat/nbclient)
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["ood_utils.grading", "ood_utils.execute", "nbclient"])
+    ctx.set_forkserver_preload(["ood_utils.grading", "ood_utils.execute", "nbclient",
+                               "ood_utils.integrity", "ood_utils.sandbox",
+                               "IPython.core.inputtransformer2"])
     results: dict[int, list[dict]] = {}
     pending = list(enumerate(subs))
     running: dict[int, tuple] = {}

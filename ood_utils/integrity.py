@@ -76,7 +76,7 @@ ALLOWED_DUNDERS = {"__name__", "__doc__", "__init__", "__call__", "__len__", "__
                    "__iter__", "__next__", "__enter__", "__exit__", "__repr__", "__str__",
                    "__class_getitem__", "__future__", "__main__"}
 # modules whose names in a check function are tools, not the reference implementation
-_TOOL_MODULES = ("torch", "numpy", "typing", "math", "__future__", "collections")
+_TOOL_MODULES = ("torch", "numpy", "typing", "math", "__future__", "collections", "sys")
 
 
 class IntegrityWarning(UserWarning):
@@ -127,7 +127,8 @@ def _check_references() -> dict[str, frozenset[str]]:
         for node in ast.walk(fn):
             if isinstance(node, ast.ImportFrom):
                 module = node.module or ""
-                if node.level == 0 and module.split(".")[0] in _TOOL_MODULES:
+                if (node.level == 0 and module.split(".")[0] in _TOOL_MODULES) or \
+                        (node.level and module in ("integrity", "expected", "profiles")):
                     continue
                 names.update(a.name for a in node.names)
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
@@ -520,7 +521,7 @@ def function_findings(fn, check_name: str = "") -> list[str]:
     if code is None:
         return []
     refs = references_for_check(check_name, getattr(fn, "__name__", ""))
-    names = _code_names(code)
+    names = _code_names(code) | set(code.co_freevars)
     found = []
     for name in sorted(names):
         if name in refs:
@@ -531,8 +532,13 @@ def function_findings(fn, check_name: str = "") -> list[str]:
             found.append(f"uses `{name}`, which the grader does not accept in an exercise")
     glob = getattr(fn, "__globals__", {}) or {}
     ref_objects = _reference_objects(frozenset(refs))
-    for name in code.co_names:
-        obj = glob.get(name)
+    values = [(name, glob.get(name)) for name in code.co_names]
+    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+        try:
+            values.append((name, cell.cell_contents))
+        except ValueError:  # an empty cell
+            pass
+    for name, obj in values:
         if obj is not None and any(obj is r for r in ref_objects) and name not in refs:
             found.append(f"uses `{name}`, an alias of the reference implementation")
     return found

@@ -283,7 +283,7 @@ class Sandbox:
         if returncode is None:
             return ""
         sig = returncode - 128 if returncode > 128 else (-returncode if returncode < 0 else 0)
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and self.limits.cpu and False):
+        if sig == signal.SIGXCPU:
             return f"killed at the CPU time limit of {self.limits.cpu} s (--cpu-time)"
         if sig == signal.SIGXFSZ:
             return (f"killed for writing a file larger than {format_size(self.limits.file_size)}"
