@@ -240,7 +240,7 @@ class Sandbox:
         seen: list[str] = []
         for p in self.python_dirs() + [Path(x) for x in self.readable]:
             p = Path(os.path.realpath(p))
-            if not p.exists() or str(p).startswith("/tmp/") or \
+            if not p.exists() or \
                     any(str(p) == s or str(p).startswith(s + "/") for s in seen):
                 continue
             seen.append(str(p))

@@ -23,7 +23,9 @@ from ood_utils.sandbox import unavailable_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 KNN = ROOT / "notebooks" / "02_knn.ipynb"
+TOY = ROOT / "tests" / "fixtures" / "toy_course" / "02_toy.ipynb"
 POINTS = {"knn_selfcheck": 2, "knn_auroc": 3}
+TOY_POINTS = {"squares_public": 2, "squares_edge": 1, "centre_public": 3}
 MEMORY = "3G"
 MAX_PROCS = 128
 
@@ -46,6 +48,15 @@ def with_prefix(code: str):
     nb = nbformat.read(KNN, as_version=4)
     cell = exercise(nb)
     cell.source = code + "\n" + cell.source
+    return nb
+
+
+def toy_with(gid, old, new):
+    """The toy notebook (fast kernel) with a line of an exercise replaced."""
+    nb = nbformat.read(TOY, as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == gid)
+    assert old in cell.source
+    cell.source = cell.source.replace(old, new + "\n" + old)
     return nb
 
 
@@ -86,8 +97,7 @@ attempt("open a network connection", lambda: socket.create_connection(("1.1.1.1"
 print("\\n".join(report))
 '''
 
-FORK_BOMB = '''
-    import os
+FORK_BOMB = '''    import os
     child = False
     while True:  # every process forks again; a process that cannot fork stops
         try:
@@ -97,14 +107,12 @@ FORK_BOMB = '''
                 os._exit(0)
             raise
         if pid == 0:
-            child = True
-'''
+            child = True'''
 
-MEMORY_HOG = '''
+MEMORY_HOG = '''    import numpy as np
     hoard = []
-    while True:  # allocate without bound (torch.empty: address space, no RAM touched)
-        hoard.append(torch.empty(50_000_000))
-'''
+    while True:  # allocate without bound (np.empty: address space, no RAM touched)
+        hoard.append(np.empty(50_000_000))'''
 
 PATCHER = '''
 from ood_utils import checks as grader_checks
@@ -132,8 +140,6 @@ def graded(tmp_path_factory):
     made = {
         "good": nbformat.read(KNN, as_version=4),
         "intruder": with_prefix(intruder),
-        "hog": with_body(MEMORY_HOG),
-        "bomb": with_body(FORK_BOMB),
         "patcher": with_body("    return torch.zeros(len(test_feats))\n", prefix=PATCHER),
         "copier": with_body("    from ood_utils.scores import knn_scores\n"
                             "    return knn_scores(train_feats, test_feats, k=k)\n"),
@@ -141,6 +147,13 @@ def graded(tmp_path_factory):
     subs.mkdir()
     for student, nb in made.items():
         nbformat.write(nb, subs / f"{student}_02_knn.ipynb")
+    shutil.copy(TOY, source / TOY.name)  # the fast toy kernel for the limits
+    toys = {"hog": toy_with("centre_exercise", "    mean_value = sum(values) / len(values)",
+                            MEMORY_HOG),
+            "bomb": toy_with("squares_exercise", "    squared_entries = [v * v for v in values]",
+                             FORK_BOMB)}
+    for student, nb in toys.items():
+        nbformat.write(nb, subs / f"{student}_02_toy.ipynb")
     protected = [source, cache, subs, ROOT / "ood_utils", ROOT / "notebooks"]
     before = digests(*protected)
     saved = os.environ.get("OOD_FEATURES_DIR")
@@ -158,7 +171,7 @@ def graded(tmp_path_factory):
     for r in rows:
         table.setdefault(r["submission"].split("/")[0], {})[r["part"]] = r
     return dict(rows=rows, table=table, out=out, before=before, after=digests(*protected),
-                students=set(made))
+                students=set(made), toys=set(toys))
 
 
 def scores(graded, student):
@@ -193,24 +206,30 @@ def test_grades_folder_holds_only_what_the_grader_wrote(graded):
     out = graded["out"]
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert files == {"grades.csv", "summary.md", "earlier_grades.csv"} | {
-        f"{s}/02_knn.ipynb" for s in graded["students"]}
+        f"{s}/02_knn.ipynb" for s in graded["students"]} | {
+        f"{s}/02_toy.ipynb" for s in graded["toys"]}
     assert (out / "earlier_grades.csv").read_text() == "left by an earlier run\n"
     lines = (out / "grades.csv").read_text().splitlines()
-    assert len(lines) == 1 + len(POINTS) * len(graded["students"])
+    assert len(lines) == 1 + len(POINTS) * len(graded["students"]) + \
+        len(TOY_POINTS) * len(graded["toys"])
 
 
 def test_memory_hog_fails_at_the_memory_limit(graded):
-    row = graded["table"]["hog"]["knn_selfcheck"]
+    row = graded["table"]["hog"]["centre_public"]
     assert row["score"] == 0 and row["status"] == "failed"
+    assert row["message"].startswith("MemoryError")
     assert "memory limit of 3 GiB" in row["message"] and "--memory" in row["message"]
-    assert scores(graded, "hog") == dict.fromkeys(POINTS, 0)
+    assert scores(graded, "hog") == {**TOY_POINTS, "centre_public": 0}  # the rest counts
 
 
 def test_fork_bomb_stops_at_the_process_limit(graded):
-    row = graded["table"]["bomb"]["knn_selfcheck"]
-    assert row["score"] == 0 and row["status"] in ("failed", "error")
-    assert f"limit of {MAX_PROCS} processes" in row["message"] or "kernel died" in row["message"]
-    assert scores(graded, "bomb")["knn_selfcheck"] == 0
+    row = graded["table"]["bomb"]["squares_public"]
+    assert row["score"] == 0 and row["status"] == "failed"
+    assert row["message"].startswith("BlockingIOError")
+    assert f"limit of {MAX_PROCS} processes" in row["message"]
+    # the bomb ended by itself: the notebook went on and the next part ran
+    assert scores(graded, "bomb") == {**TOY_POINTS, "squares_public": 0, "squares_edge": 0}
+    assert graded["table"]["bomb"]["centre_public"]["status"] == "ok"
 
 
 def test_patching_the_checks_is_rejected(graded):
