@@ -197,7 +197,7 @@ def test_nothing_outside_the_sandbox_changed(graded):
 def test_every_escape_is_blocked_and_the_exercise_still_counts(graded):
     text = outputs(graded, "intruder")
     attacks = [line for line in text.splitlines() if line.startswith("ATTACK")]
-    assert len(attacks) == 8, text[-2000:]
+    assert len(attacks) == 9, text[-2000:]
     assert all("blocked" in line for line in attacks), attacks
     assert scores(graded, "intruder") == POINTS  # honest apart from the attacks
 
