@@ -222,6 +222,8 @@ class Sandbox:
             elif os.path.isdir(d):
                 cmd += ["--ro-bind", d, d]
         cmd += ["--dev", "/dev", "--proc", "/proc"]
+        for device in sorted(Path("/dev").glob("nvidia*")):  # GPUs stay usable (clip profile)
+            cmd += ["--dev-bind", str(device), str(device)]
         if lim.tmp_size:
             cmd += ["--size", str(lim.tmp_size)]
         cmd += ["--perms", "1777", "--tmpfs", "/tmp"]
