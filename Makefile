@@ -42,6 +42,20 @@ data: setup
 	else \
 		$(BIN)/python -m ood_utils check-data; exit 1; \
 	fi
+	@# bubblewrap: the grader's sandbox (`python -m ood_utils grade`; tests/test_sandbox.py)
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing Debian's bubblewrap (the grader's sandbox) ..."; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null; }; \
+		elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+			echo "Installing Debian's bubblewrap (the grader's sandbox) with sudo ..."; \
+			sudo apt-get install -y -q bubblewrap >/dev/null || \
+			{ sudo apt-get update -q >/dev/null && sudo apt-get install -y -q bubblewrap >/dev/null; }; \
+		else \
+			echo "note: bubblewrap (bwrap) is missing; the grader needs it (apt-get install bubblewrap)"; \
+		fi; \
+	fi
 
 features: data
 	$(BIN)/python -m ood_utils extract --profile $(PROFILE)

@@ -4,9 +4,11 @@
     .venv/bin/python benchmarks/bench_grading.py tests/fixtures/toy_course/02_toy.ipynb -n 8
 
 The copies are the instructor notebook itself (every part should earn full marks). Prints
-the time of one plain run of the notebook, the total grading time, the time per submission
-and their ratio (grading overhead: restoring cells, process and kernel start, reports).
-Falls back to the synthetic toy notebook when the course notebook does not exist yet.
+the time of one plain run of the notebook, then grades the copies twice, in the bubblewrap
+sandbox and with --no-sandbox (in alternating order over --rounds rounds), and prints the time
+per submission of each and their ratio (goal: sandboxed <= 1.15 x --no-sandbox).
+``--no-compare`` grades once, in the sandbox when it is available. Falls back to the synthetic
+toy notebook when the course notebook does not exist yet.
 """
 from __future__ import annotations
 
@@ -34,11 +36,19 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default=None, help="course profile (default: active)")
     parser.add_argument("--cell-timeout", type=float, default=300)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="sandboxed/--no-sandbox pairs to time (default 1)")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="grade once (sandboxed if available), no --no-sandbox run")
     args = parser.parse_args(argv)
+
+    import contextlib
+    import io
 
     from ood_utils.execute import execute_notebook
     from ood_utils.grading import _kernel_env, grade_submissions
     from ood_utils.profiles import get_profile
+    from ood_utils.sandbox import unavailable_reason
 
     if args.notebook:
         source = Path(args.notebook)
@@ -67,19 +77,40 @@ def main(argv=None) -> int:
         text = source.read_text(encoding="utf-8")
         for i in range(args.copies):
             (subs / f"student{i:03d}_{source.name}").write_text(text, encoding="utf-8")
-        start = time.perf_counter()
-        rows = grade_submissions([subs], source.parent, tmp / "out", profile=profile,
-                                 jobs=args.jobs, cell_timeout=args.cell_timeout,
-                                 timeout=args.timeout, progress=True)
-        total = time.perf_counter() - start
 
-    per = total / max(args.copies, 1)
-    full = sum(r["score"] == r["max_score"] for r in rows)
-    print(f"graded {args.copies} submissions in {total:.1f} s "
-          f"({per:.2f} s per submission, {full}/{len(rows)} parts at full marks)")
-    print(f"time per submission / one plain run: {per / once:.2f} "
-          f"(total / (copies x one run): {total / (args.copies * once):.2f})")
-    return 0 if full == len(rows) else 1
+        reason = unavailable_reason()
+        if reason:
+            print(f"no sandbox here ({reason}): timing --no-sandbox only")
+        modes = [True, False] if not reason and not args.no_compare else [not reason]
+        times: dict[bool, list[float]] = {True: [], False: []}
+        full = total_rows = 0
+        for r in range(max(1, args.rounds)):
+            order = modes if r % 2 == 0 else modes[::-1]
+            for sandbox in order:
+                start = time.perf_counter()
+                quiet = io.StringIO()
+                with contextlib.redirect_stderr(quiet):  # the loud --no-sandbox warning
+                    rows = grade_submissions([subs], source.parent, tmp / f"out{r}{sandbox}",
+                                             profile=profile, jobs=args.jobs,
+                                             cell_timeout=args.cell_timeout,
+                                             timeout=args.timeout, sandbox=sandbox)
+                total = time.perf_counter() - start
+                times[sandbox].append(total)
+                full += sum(r_["score"] == r_["max_score"] for r_ in rows)
+                total_rows += len(rows)
+                label = "sandboxed " if sandbox else "--no-sandbox"
+                print(f"round {r + 1} {label}: {args.copies} submissions in {total:.1f} s "
+                      f"({total / max(args.copies, 1):.2f} s per submission)")
+
+    per = {k: min(v) / max(args.copies, 1) for k, v in times.items() if v}
+    for sandbox, value in per.items():
+        label = "sandboxed   " if sandbox else "--no-sandbox"
+        print(f"{label}: {value:.2f} s per submission (best of {len(times[sandbox])}), "
+              f"{value / once:.2f} x one plain run")
+    if len(per) == 2:
+        print(f"sandboxed / --no-sandbox: {per[True] / per[False]:.3f} (goal <= 1.15)")
+    print(f"{full}/{total_rows} parts at full marks")
+    return 0 if full == total_rows else 1
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ def _require_callable(fn: Any) -> None:
     if not callable(fn):
         raise TypeError(f"pass your function itself (e.g. check_knn(knn_scores_exercise)), "
                         f"not {type(fn).__name__}")
+    from sys import _getframe  # warn early when fn uses the reference (the grader gives 0)
+    from .integrity import warn_if_suspicious
+    warn_if_suspicious(fn, _getframe(1).f_code.co_name)
 
 
 def _passed(name: str) -> None:

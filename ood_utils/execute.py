@@ -204,6 +204,47 @@ class _Client(NotebookClient):
         return super().output(outs, msg, display_id, cell_index)
 
 
+def _sandbox_kernel_manager():
+    """An AsyncKernelManager that starts its kernel inside a :class:`~ood_utils.sandbox.Sandbox`.
+
+    The kernel is reached over ZeroMQ's ``ipc`` transport (Unix sockets in the sandbox's
+    ``conn/`` folder), because TCP on the loopback does not cross network namespaces.
+    """
+    from jupyter_client import AsyncKernelManager
+
+    class SandboxKernelManager(AsyncKernelManager):
+        sandbox = None
+
+        def configure_sandbox(self, sandbox) -> None:
+            self.sandbox = sandbox
+            self.transport = "ipc"
+            self.ip = str(sandbox.conn_dir / "kernel")
+            self.connection_file = str(sandbox.conn_dir / "kernel.json")
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            box = self.sandbox
+            box.prepare_connection_file(self.connection_file)
+            kw["env"] = box.environment(kw.get("env") or dict(os.environ))
+            cwd = kw.get("cwd") or str(box.workdir)
+            await super()._async_launch_kernel(box.command(kernel_cmd, cwd), **kw)
+
+    return SandboxKernelManager
+
+
+def _kernel_exit(client) -> int | None:
+    """Exit status of the kernel process (for a sandbox: of bwrap), or None while it runs."""
+    try:
+        proc = client.km.provisioner.process
+        for _ in range(20):  # the process may still be on its way out
+            code = proc.poll()
+            if code is not None:
+                return code
+            time.sleep(0.05)
+    except AttributeError:
+        pass
+    return None
+
+
 def _finish_cell(cell, max_output_chars):
     if max_output_chars is not None:
         truncate_outputs(cell, max_output_chars)
@@ -214,7 +255,7 @@ def execute_notebook(nb, cwd, env: Mapping[str, str | None] | None = None,
                      cell_timeout: float | None = 600, timeout: float | None = None,
                      allow_errors: bool = False, kernel_name: str = "python3",
                      progress: bool | str = False, max_output_chars: int | None = None,
-                     quiet_kernel: bool = False) -> ExecutionResult:
+                     quiet_kernel: bool = False, sandbox=None) -> ExecutionResult:
     """Execute every code cell of ``nb`` in a new kernel process and report what happened.
 
     Parameters
@@ -242,13 +283,18 @@ def execute_notebook(nb, cwd, env: Mapping[str, str | None] | None = None,
     quiet_kernel : bool, default False
         Send the kernel process's own stdout/stderr (start-up warnings, crash dumps; not the
         cell outputs, which always go to the notebook) to ``/dev/null``.
+    sandbox : ood_utils.sandbox.Sandbox, optional
+        Start the kernel inside this sandbox (see :mod:`ood_utils.sandbox`): ``cwd`` must then
+        be ``sandbox.workdir``, and only the variables the sandbox passes on reach the kernel.
+        When the sandboxed kernel dies, ``evalue`` says why when it can (e.g. the CPU limit).
 
     Returns
     -------
     ExecutionResult
     """
     return run_sync(_execute_async)(nb, Path(cwd), env, cell_timeout, timeout, allow_errors,
-                                    kernel_name, progress, max_output_chars, quiet_kernel)
+                                    kernel_name, progress, max_output_chars, quiet_kernel,
+                                    sandbox)
 
 
 def _kernel_env(env) -> dict[str, str]:
@@ -262,7 +308,8 @@ def _kernel_env(env) -> dict[str, str]:
 
 
 async def _execute_async(nb, cwd, env, cell_timeout, timeout, allow_errors, kernel_name,
-                         progress, max_output_chars, quiet_kernel) -> ExecutionResult:
+                         progress, max_output_chars, quiet_kernel, sandbox=None
+                         ) -> ExecutionResult:
     start = time.monotonic()
     deadline = None if timeout is None else start + float(timeout)
     result = ExecutionResult(nb=nb)
@@ -274,6 +321,14 @@ async def _execute_async(nb, cwd, env, cell_timeout, timeout, allow_errors, kern
                      resources={"metadata": {"path": str(cwd)}}, shutdown_kernel="immediate",
                      startup_timeout=60)
     client.max_output_chars = max_output_chars
+    if sandbox is not None:
+        client.kernel_manager_class = _sandbox_kernel_manager()
+        client.km = client.create_kernel_manager()
+        client.km.configure_sandbox(sandbox)
+
+    def died() -> str:
+        why = sandbox.describe_exit(_kernel_exit(client)) if sandbox is not None else ""
+        return "the kernel process died while running this cell" + (f" ({why})" if why else "")
     code_cells = [i for i, c in enumerate(nb.cells)
                   if c.cell_type == "code" and cell_source(c).strip()]
     bar = None
@@ -317,8 +372,7 @@ async def _execute_async(nb, cwd, env, cell_timeout, timeout, allow_errors, kern
                          "no reply from the kernel within the time limit")
                     break
                 except DeadKernelError:
-                    fail("dead_kernel", index, "DeadKernelError",
-                         "the kernel process died while running this cell")
+                    fail("dead_kernel", index, "DeadKernelError", died())
                     break
                 except CellExecutionError as err:
                     result.completed.append(index)

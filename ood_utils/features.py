@@ -8,12 +8,21 @@ Layout of the cache for a profile (``features/<profile>/``)::
     meta.json          (model, weights, datasets, splits, classes, counts, dims, package version)
 
 Every file is written to a temporary name and renamed into place, and ``meta.json`` last, so an
-interrupted run never leaves a cache that looks complete. On read, the meta must describe the
-active profile and every tensor must load with the expected shape and finite values; otherwise
-the split is extracted again (with a message saying why), never used silently.
+interrupted run never leaves a cache that looks complete. ``meta.json`` records the SHA-256 of
+every tensor file (``digests``). On read, the meta must describe the active profile, every file
+must match its digest and every tensor must load with the expected shape and finite values;
+otherwise the split is extracted again (with a message saying why), never used silently. A
+file changed behind the cache's back (even with tensors of the right shape) is caught by its
+digest. The results of :func:`cached` are checked the same way.
+
+A read-only cache (the grader's sandbox mounts it so) is used as it is; what would have to be
+written (a re-extraction, a new :func:`cached` result) is computed and used without being saved.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 import json
 import os
 import time
@@ -66,13 +75,28 @@ def extract_features(backbone: torch.nn.Module, loader, device: str | torch.devi
     return feats_t, torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
 
 
+@functools.cache
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    """SHA-256 of a file, computed once per process for a given (path, mtime, size)."""
+    return sha256(path)
+
+
+def weights_digest(path: Path = MINICLIP_WEIGHTS) -> str:
+    """SHA-256 of the shipped weights, or ``"missing"``; hashed once per process (the file
+    is 13 MB and every :func:`load_features` / :func:`cached` call needs it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return _file_digest(str(path), st.st_mtime_ns, st.st_size)
+
+
 def expected_meta(profile: str | Profile | None = None) -> dict:
     """What ``meta.json`` must say for the cache of ``profile`` to be used."""
     p = get_profile(profile)
     weights = p.pretrained
     if p.model_name == MINICLIP_NAME:
-        weights = f"package:{MINICLIP_WEIGHTS.name}:sha256:" + (
-            sha256(MINICLIP_WEIGHTS) if MINICLIP_WEIGHTS.is_file() else "missing")
+        weights = f"package:{MINICLIP_WEIGHTS.name}:sha256:" + weights_digest(MINICLIP_WEIGHTS)
     splits = {}
     for split in FEATURE_SPLITS:
         ood = split == "ood_test"
@@ -95,20 +119,58 @@ def expected_meta(profile: str | Profile | None = None) -> dict:
     }
 
 
-def _atomic_save(obj, path: Path) -> None:
-    """JSON for ``*.json``, ``torch.save`` otherwise; written atomically."""
+def _atomic_save(obj, path: Path) -> str | None:
+    """JSON for ``*.json``, ``torch.save`` otherwise; written atomically.
+
+    Returns the SHA-256 of the bytes written (``None`` for JSON).
+    """
     if path.suffix == ".json":
         atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
-    else:
-        atomic_write(path, lambda tmp: torch.save(obj, tmp))
+        return None
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return hashlib.sha256(data).hexdigest()
 
 
-def _load_tensor(path: Path, shape: tuple, dtype: torch.dtype) -> torch.Tensor | None:
-    """Load a cached tensor; ``None`` (with a reason printed) when absent or invalid."""
+def _try_save(obj, path: Path) -> str | None:
+    """:func:`_atomic_save`, or ``None`` when the folder is read-only (the value is still used)."""
+    try:
+        return _atomic_save(obj, path)
+    except OSError as err:
+        if not os.access(path.parent, os.W_OK) or getattr(err, "errno", None) in (13, 30):
+            return None
+        raise
+
+
+def _read_verified(path: Path, digest: str | None, what: str) -> bytes | None:
+    """The bytes of a cached file if they match ``digest``; else ``None`` with a reason printed."""
     if not path.is_file():
         return None
+    if not digest:
+        print(f"cache: meta.json records no digest for {path.name}; {what}")
+        return None
     try:
-        t = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except OSError as err:
+        print(f"cache: {path.name} is unreadable ({type(err).__name__}); {what}")
+        return None
+    if hashlib.sha256(data).hexdigest() != digest:
+        print(f"cache: {path.name} does not match the SHA-256 digest in meta.json (the file "
+              f"was changed after it was written); {what}")
+        return None
+    return data
+
+
+def _load_tensor(path: Path, shape: tuple, dtype: torch.dtype,
+                 digest: str | None = None) -> torch.Tensor | None:
+    """Load a cached tensor; ``None`` (with a reason printed) when absent or invalid."""
+    data = _read_verified(path, digest, "extracting again")
+    if data is None:
+        return None
+    try:
+        t = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or foreign file
         print(f"cache: {path.name} is unreadable ({type(err).__name__}); extracting again")
         return None
@@ -132,7 +194,8 @@ def _read_meta(folder: Path) -> dict | None:
 def _comparable(meta: dict | None) -> dict | None:
     if meta is None:
         return None
-    return {k: v for k, v in meta.items() if k not in ("package_version", "extracted")}
+    return {k: v for k, v in meta.items()
+            if k not in ("package_version", "extracted", "digests", "cached")}
 
 
 def load_features(profile: str | Profile | None = None, device: str | torch.device | None = None,
@@ -147,7 +210,9 @@ def load_features(profile: str | Profile | None = None, device: str | torch.devi
     p = get_profile(profile)
     folder = features_dir(p)
     want = expected_meta(p)
-    have = _comparable(_read_meta(folder))
+    raw_meta = _read_meta(folder)
+    have = _comparable(raw_meta) or None  # a meta.json with only `cached` digests: no features
+    digests = dict((raw_meta or {}).get("digests") or {})
     out: dict[str, torch.Tensor] = {}
     missing = []
     if have is not None and have != want:
@@ -156,8 +221,10 @@ def load_features(profile: str | Profile | None = None, device: str | torch.devi
         n = p.counts[split]
         feats = labels = None
         if have == want:
-            feats = _load_tensor(folder / f"{split}_feats.pt", (n, p.feature_dim), torch.float32)
-            labels = _load_tensor(folder / f"{split}_labels.pt", (n,), torch.int64)
+            feats = _load_tensor(folder / f"{split}_feats.pt", (n, p.feature_dim), torch.float32,
+                                 digests.get(f"{split}_feats"))
+            labels = _load_tensor(folder / f"{split}_labels.pt", (n,), torch.int64,
+                                  digests.get(f"{split}_labels"))
         if feats is None or labels is None:
             missing.append(split)
         else:
@@ -168,8 +235,11 @@ def load_features(profile: str | Profile | None = None, device: str | torch.devi
     device = torch.device(device) if device is not None else default_device()
     model, preprocess, _ = load_clip(p, device=device)
     backbone, _ = split_visual(model)
-    if (folder / "meta.json").exists():
+    writable = _writable(folder)
+    if writable and (folder / "meta.json").exists():
         os.unlink(folder / "meta.json")  # the cache is incomplete until every split is written
+    if have != want:
+        digests = {}
     for split in missing:
         ds = feature_dataset(p, split, transform=preprocess)
         if len(ds) != p.counts[split]:
@@ -177,13 +247,26 @@ def load_features(profile: str | Profile | None = None, device: str | torch.devi
         loader = DataLoader(ds, batch_size=batch_size or p.batch_size, shuffle=False,
                             num_workers=num_workers)
         feats, labels = extract_features(backbone, loader, device, progress, desc=split)
-        _atomic_save(feats, folder / f"{split}_feats.pt")
-        _atomic_save(labels, folder / f"{split}_labels.pt")
+        if writable:
+            folder.mkdir(parents=True, exist_ok=True)
+            digests[f"{split}_feats"] = _atomic_save(feats, folder / f"{split}_feats.pt")
+            digests[f"{split}_labels"] = _atomic_save(labels, folder / f"{split}_labels.pt")
         out[f"{split}_feats"], out[f"{split}_labels"] = feats, labels
-    meta = dict(want, package_version=__version__,
-                extracted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    _atomic_save(meta, folder / "meta.json")
+    if writable:
+        meta = dict(want, package_version=__version__, digests=digests,
+                    extracted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        _atomic_save(meta, folder / "meta.json")
+    else:
+        print(f"cache: {folder} is read-only; the features were extracted but not saved")
     return {k: out[k] for k in FEATURE_KEYS}
+
+
+def _writable(folder: Path) -> bool:
+    """Whether the cache folder (or the nearest existing folder above it) can be written."""
+    for f in [folder, *folder.parents]:
+        if f.exists():
+            return os.access(f, os.W_OK)
+    return False
 
 
 def cached(name: str, compute: Callable[[], dict], profile: str | Profile | None = None,
@@ -191,22 +274,34 @@ def cached(name: str, compute: Callable[[], dict], profile: str | Profile | None
     """Return ``compute()``'s dict of tensors, cached in ``features/<profile>/<name>.pt``.
 
     The cache is keyed by ``meta`` (any JSON-serialisable dict, e.g. a seed and the
-    hyper-parameters) plus the feature cache's own meta; a mismatch or an unreadable file
-    recomputes and rewrites it atomically.
+    hyper-parameters) plus the feature cache's own meta; a mismatch, an unreadable file or a
+    file that does not match the digest recorded in ``meta.json`` (``cached`` entry) recomputes
+    and rewrites it atomically. In a read-only cache the value is computed and not saved.
     """
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"cache name {name!r} must be letters, digits, '_' or '-'")
     p = get_profile(profile)
     path = features_dir(p) / f"{name}.pt"
     key = json.dumps({"meta": meta or {}, "features": expected_meta(p)}, sort_keys=True)
-    if path.is_file():
+    recorded = ((_read_meta(path.parent) or {}).get("cached") or {}).get(name)
+    data = _read_verified(path, recorded, "recomputing") if path.is_file() else None
+    if data is not None:
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             if isinstance(blob, dict) and blob.get("key") == key:
                 return blob["value"]
             print(f"cache: {path.name} was made with other settings; recomputing")
         except Exception as err:
             warnings.warn(f"cache: {path.name} is unreadable ({type(err).__name__}); recomputing")
     value = compute()
-    _atomic_save({"key": key, "value": value}, path)
+    digest = _try_save({"key": key, "value": value}, path)
+    if digest is not None:
+        _record_cached(path.parent, name, digest)
     return value
+
+
+def _record_cached(folder: Path, name: str, digest: str) -> None:
+    """Add ``name``'s digest to the ``cached`` entry of ``meta.json`` (if the cache has one)."""
+    meta = _read_meta(folder) or {}
+    meta.setdefault("cached", {})[name] = digest
+    _try_save(meta, folder / "meta.json")

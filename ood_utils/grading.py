@@ -10,6 +10,13 @@ in its own kernel, under a cell time limit and a notebook time limit, with
 ``OOD_FEATURES_DIR`` at the shared feature cache. A broken submission (syntax error, infinite
 loop, dead kernel, invalid JSON) gives rows with a status and never stops the others.
 
+Trust: each kernel runs in a bubblewrap sandbox (:mod:`ood_utils.sandbox`: read-only course
+and feature cache, no view of the instructor notebooks, the other submissions or the grades,
+no network, an unprivileged uid, limits on memory, processes and CPU time); without a working
+sandbox the grader refuses unless ``--no-sandbox`` is given. Before running, every cell the
+student controls is screened (:mod:`ood_utils.integrity`): a cell that patches the checks or
+uses the reference implementation is not run and the parts after it earn 0 (``rejected``).
+
 Matching a submission to its instructor notebook (``--source``, default ``notebooks/``):
   DIR/<student>/02_knn.ipynb    the file name is an instructor notebook's name;
                                 the student id is the first folder below DIR
@@ -20,7 +27,7 @@ A FOLDER argument is searched recursively for *.ipynb files (checkpoints skipped
 
 Output in --out DIR:
   grades.csv                    submission, part, score, max_score, status, message
-                                (status: ok, failed, timeout, error)
+                                (status: ok, failed, timeout, error, rejected)
   summary.md                    totals per student and notebook, pass rate per part
   <student>/<notebook>.ipynb    the executed notebook with a feedback cell after each part
 
@@ -45,10 +52,11 @@ from pathlib import Path
 import nbformat
 
 from ._io import atomic_write_text
-from .cells import is_graded_part, is_locked, nbgrader_meta
+from .cells import cell_source, is_graded_part, is_locked, nbgrader_meta
 from .profiles import PROFILES
+from .sandbox import NOT_PROTECTED, UID_BASE, Limits, limit_note, parse_size
 
-__all__ = ["COLUMNS", "Submission", "find_submissions", "match_submission", "graded_parts",
+__all__ = ["COLUMNS", "SandboxUnavailable", "Submission", "find_submissions", "match_submission", "graded_parts",
            "restore_locked_cells", "grade_notebook", "grade_submissions", "write_grades_csv",
            "write_summary", "configure_parser", "run"]
 
@@ -56,6 +64,12 @@ COLUMNS = ("submission", "part", "score", "max_score", "status", "message")
 DEFAULT_CELL_TIMEOUT = 120
 DEFAULT_TIMEOUT = 900
 DEFAULT_MAX_OUTPUT_CHARS = 200_000
+DEFAULT_MEMORY = "4G"
+DEFAULT_MAX_PROCS = 256
+
+
+class SandboxUnavailable(RuntimeError):
+    """No working sandbox here and ``--no-sandbox`` was not given."""
 _MSG = 300  # characters of a message kept in grades.csv
 
 
@@ -240,13 +254,15 @@ def restore_locked_cells(student_nb, instructor_nb):
 
 # --------------------------------------------------------------------------- one submission
 def _kernel_env(workdir: Path, profile: str | None, jobs: int) -> dict[str, str]:
-    from .profiles import features_dir, get_profile
+    from .profiles import data_dir, features_dir, get_profile, project_root
 
     prof = get_profile(profile)
     env = {
         "OOD_PROFILE": prof.name,
         "OOD_RESULTS_DIR": str(workdir),
         "OOD_FEATURES_DIR": str(features_dir(prof).parent.resolve()),
+        "OOD_DATA_DIR": str(data_dir().resolve()),
+        "OOD_ROOT": str(project_root()),
         "MPLBACKEND": "Agg",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
@@ -275,14 +291,34 @@ def _feedback_cell(row) -> nbformat.NotebookNode:
     return cell
 
 
+def _sandbox_paths(profile) -> list[Path]:
+    """What a sandboxed kernel may read besides the system and Python: the course package,
+    the data folder and the feature cache (all read-only)."""
+    from .models import weights_cache_dir
+    from .profiles import data_dir, features_dir
+
+    return [Path(__file__).resolve().parent, data_dir(), features_dir(profile).parent,
+            weights_cache_dir()]
+
+
+def _stub(finding) -> str:
+    return ("raise RuntimeError(" + repr("grader: this cell was not run. " + finding.message())
+            + ")\n")
+
+
 def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_CELL_TIMEOUT,
                    timeout=DEFAULT_TIMEOUT, max_output_chars=DEFAULT_MAX_OUTPUT_CHARS,
-                   jobs=1) -> list[dict]:
+                   jobs=1, sandbox: bool = False, limits: Limits | None = None,
+                   hidden=(), uid: int = UID_BASE) -> list[dict]:
     """Run one submission and return its rows (one per part); writes its feedback notebook.
 
     Never raises for problems of the submission itself: they become rows with status
-    ``error`` (unreadable file, kernel died), ``timeout`` or ``failed``.
+    ``error`` (unreadable file, kernel died), ``timeout``, ``failed`` or ``rejected`` (the
+    screen of :mod:`ood_utils.integrity` found the checks patched or the reference used).
+    With ``sandbox=True`` the kernel runs in a :class:`ood_utils.sandbox.Sandbox` with
+    ``limits`` as user ``uid``; ``hidden`` are folders it must not see.
     """
+    from . import integrity
     from .execute import execute_notebook
 
     out_dir = Path(out_dir)
@@ -308,13 +344,33 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
     nb, notes = restore_locked_cells(student_nb, instructor)
     nb.metadata["kernelspec"] = instructor.metadata.get(
         "kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
-    workdir = Path(tempfile.mkdtemp(prefix="ood-grade-"))
+    findings = integrity.screen_notebook(nb, instructor)
+    originals = {}
+    for finding in findings:  # a flagged cell is not run: it could patch what comes after
+        cell = nb.cells[finding.cell_index]
+        originals[finding.cell_index] = cell_source(cell)
+        cell.source = _stub(finding)
+    limits = limits or Limits()
+    root = Path(tempfile.mkdtemp(prefix="ood-grade-"))
     try:
+        box = None
+        if sandbox:
+            from .sandbox import Sandbox
+            box = Sandbox(root, readable=_sandbox_paths(profile), hidden=list(hidden),
+                          limits=limits, uid=uid)
+            box.seed_home()
+            workdir = box.workdir
+        else:
+            workdir = root
         result = execute_notebook(nb, cwd=workdir, env=_kernel_env(workdir, profile, jobs),
                                   cell_timeout=cell_timeout, timeout=timeout, allow_errors=True,
-                                  max_output_chars=max_output_chars, quiet_kernel=True)
+                                  max_output_chars=max_output_chars, quiet_kernel=True,
+                                  sandbox=box)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+    for index, source in originals.items():  # the feedback shows what the student wrote
+        nb.cells[index].source = source
+    rejected = {part: f for f in findings for part in f.parts}
 
     index = {(nbgrader_meta(c).get("grade_id")): i for i, c in enumerate(nb.cells) if is_graded_part(c)}
     stop = result.cell_index if result.status in ("timeout", "dead_kernel") else None
@@ -324,9 +380,13 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
         row = dict(submission=sub.key, part=gid, score=0, max_score=points)
         if i is None:  # cannot happen after restoring, kept for safety
             row.update(status="error", message="check cell missing")
+        elif gid in rejected:
+            row.update(status="rejected", message=rejected[gid].message())
         elif i in result.errors:
             ename, evalue = result.errors[i]
-            row.update(status="failed", message=f"{ename}: {evalue}" if evalue else ename)
+            note = limit_note(ename, evalue, limits) if sandbox else ""
+            row.update(status="failed", message=(f"{ename}: {evalue}" if evalue else ename)
+                       + (f" ({note})" if note else ""))
         elif i in result.completed:
             row.update(score=points, status="ok", message="")
         elif result.status == "timeout":
@@ -335,7 +395,12 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
                                                  f"({result.evalue})")
         elif result.status == "dead_kernel":
             where = "this cell" if i == stop else f"cell {stop}"
-            row.update(status="error", message=f"not run: the kernel died in {where}")
+            why = ""
+            if "(" in result.evalue:  # the sandbox said why (e.g. the CPU time limit)
+                why = " (" + result.evalue.split("(", 1)[1].rstrip(")") + ")"
+            elif sandbox:
+                why = f" (possibly at a sandbox limit: {limits.describe()})"
+            row.update(status="error", message=f"not run: the kernel died in {where}{why}")
         else:
             row.update(status="error", message=f"not run: {result.ename}: {result.evalue}")
         row["message"] = _short(row["message"])
@@ -350,8 +415,9 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
     head = [f"# Grading feedback: {_fmt_points(total)} / {_fmt_points(possible)} points",
             f"Submission `{sub.key}`, run in {result.seconds:.0f} s, status `{result.status}`."]
     head += [f"- {n}" for n in notes]
+    head += [f"- {f.label}: {f.message()}" for f in findings]
     top = nbformat.v4.new_markdown_cell("\n\n".join(head[:2]) + ("\n\n" + "\n".join(head[2:])
-                                                                   if notes else ""))
+                                                                   if len(head) > 2 else ""))
     top.metadata["grader_feedback"] = True
     nb.cells.insert(0, top)
     target = out_dir / sub.student / Path(sub.key.split("/", 1)[1]).name
@@ -378,7 +444,10 @@ def _worker(conn, sub, out_dir, options, environ, cwd):
 
 def grade_submissions(paths, source_dir="notebooks", out_dir="grades", profile=None, jobs=1,
                       cell_timeout=DEFAULT_CELL_TIMEOUT, timeout=DEFAULT_TIMEOUT,
-                      max_output_chars=DEFAULT_MAX_OUTPUT_CHARS, progress=False) -> list[dict]:
+                      max_output_chars=DEFAULT_MAX_OUTPUT_CHARS, progress=False,
+                      sandbox: bool = True, memory=DEFAULT_MEMORY,
+                      max_procs: int = DEFAULT_MAX_PROCS, cpu_time: float | None = None
+                      ) -> list[dict]:
     """Grade submissions and write ``grades.csv``, ``summary.md`` and feedback notebooks.
 
     Parameters
@@ -398,6 +467,17 @@ def grade_submissions(paths, source_dir="notebooks", out_dir="grades", profile=N
         Seconds per cell and per submission.
     max_output_chars : int
         Bound on the stored output of each cell.
+    sandbox : bool, default True
+        Run every kernel in a bubblewrap sandbox (:mod:`ood_utils.sandbox`). When the sandbox
+        does not work here, :class:`SandboxUnavailable` is raised; ``False`` grades without it
+        and prints what is then not protected.
+    memory : str or int, default "4G"
+        Data memory per kernel process (``RLIMIT_DATA``); ``0`` for no limit.
+    max_procs : int, default 256
+        Processes and threads per submission (``RLIMIT_NPROC``); ``0`` for no limit.
+    cpu_time : float, optional
+        CPU seconds per kernel process (all threads); default ``timeout`` times the threads
+        a kernel may use.
 
     Returns
     -------
@@ -412,19 +492,49 @@ def grade_submissions(paths, source_dir="notebooks", out_dir="grades", profile=N
                                 "folder of the instructor notebooks (--source)")
     if not any(source_dir.glob("*.ipynb")):
         raise FileNotFoundError(f"no instructor notebooks (*.ipynb) in {source_dir}")
+    if sandbox:
+        from .sandbox import unavailable_reason
+        reason = unavailable_reason()
+        if reason:
+            raise SandboxUnavailable(
+                f"no sandbox for the submissions: {reason}. Install bubblewrap and grade as "
+                "root on Linux, or pass --no-sandbox (sandbox=False) to grade without one, "
+                "which leaves your files, the solutions and the grades open to the "
+                "submissions")
+    else:
+        print(NOT_PROTECTED, file=sys.stderr)
     os.makedirs(out_dir, exist_ok=True)
-    subs = _submissions(find_submissions(paths), source_dir)
+    found = find_submissions(paths)
+    subs = _submissions(found, source_dir)
     if profile is None:
         from .profiles import get_profile
         profile = get_profile().name
+    jobs = max(1, int(jobs))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    limits = Limits(memory=parse_size(memory), procs=int(max_procs or 0),
+                    cpu=int(cpu_time if cpu_time is not None
+                            else (timeout or DEFAULT_TIMEOUT) * threads + 60))
+    from .profiles import notebooks_dir
+    hidden = sorted({str(source_dir), str(out_dir), str(Path(notebooks_dir()).resolve())}
+                    | {str(Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent)
+                       for p in paths})
     options = dict(profile=profile, cell_timeout=cell_timeout, timeout=timeout,
-                   max_output_chars=max_output_chars, jobs=max(1, int(jobs)))
+                   max_output_chars=max_output_chars, jobs=jobs, sandbox=bool(sandbox),
+                   limits=limits, hidden=hidden)
+    if sandbox:
+        _verify_feature_cache(profile)
+    # one uid per running submission (the process limit counts per uid); another grader
+    # running at the same time gets other uids
+    uid_base = UID_BASE + (os.getpid() % 4096) * 64
+    free_slots = list(range(min(jobs, 64)))
     hard_limit = (timeout or 24 * 3600) + 120  # the child enforces `timeout`; this is a backstop
 
     # children are forked from a server that imported the grader once (a fresh interpreter
     # per submission would spend seconds importing nbformat/nbclient)
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["ood_utils.grading", "ood_utils.execute", "nbclient"])
+    ctx.set_forkserver_preload(["ood_utils.grading", "ood_utils.execute", "nbclient",
+                               "ood_utils.integrity", "ood_utils.sandbox",
+                               "IPython.core.inputtransformer2"])
     results: dict[int, list[dict]] = {}
     pending = list(enumerate(subs))
     running: dict[int, tuple] = {}
@@ -442,13 +552,15 @@ def grade_submissions(paths, source_dir="notebooks", out_dir="grades", profile=N
         while pending and len(running) < max(1, int(jobs)):
             i, sub = pending.pop(0)
             parent, child = ctx.Pipe(duplex=False)
+            slot = free_slots.pop(0)
             proc = ctx.Process(target=_worker, daemon=True,
-                               args=(child, sub, str(out_dir), options, dict(os.environ),
+                               args=(child, sub, str(out_dir),
+                                     dict(options, uid=uid_base + slot), dict(os.environ),
                                      os.getcwd()))
             proc.start()
             child.close()
-            running[i] = (proc, parent, time.monotonic())
-        for i, (proc, conn, started) in list(running.items()):
+            running[i] = (proc, parent, time.monotonic(), slot)
+        for i, (proc, conn, started, slot) in list(running.items()):
             sub = subs[i]
             payload = None
             if conn.poll():
@@ -464,6 +576,7 @@ def grade_submissions(paths, source_dir="notebooks", out_dir="grades", profile=N
                 proc.join()
             conn.close()
             del running[i]
+            free_slots.append(slot)
             parts = graded_parts(nbformat.read(sub.source, as_version=4)) if sub.source else []
             if isinstance(payload, list):
                 finish(i, payload)
@@ -481,6 +594,19 @@ def grade_submissions(paths, source_dir="notebooks", out_dir="grades", profile=N
     write_grades_csv(rows, out_dir / "grades.csv")
     write_summary(rows, out_dir / "summary.md")
     return rows
+
+
+def _verify_feature_cache(profile) -> None:
+    """Check the feature cache (digests included) before the kernels see it read-only.
+
+    A damaged or incomplete cache is rebuilt here, by the trusted grader; a cache that was
+    never built is left to the kernels (which compute what they need without saving it).
+    """
+    from .features import load_features
+    from .profiles import features_dir
+
+    if (features_dir(profile) / "meta.json").is_file():
+        load_features(profile, progress=False)
 
 
 # --------------------------------------------------------------------------- reports
@@ -557,6 +683,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-output-chars", type=int, default=DEFAULT_MAX_OUTPUT_CHARS,
                         metavar="N", help="characters of output kept per cell in the "
                                           f"feedback notebooks (default {DEFAULT_MAX_OUTPUT_CHARS})")
+    box = parser.add_argument_group(
+        "sandbox", "Each submission's kernel runs in a bubblewrap sandbox: read-only system, "
+        "course package and feature cache; a private working folder, HOME and /tmp; no view "
+        "of the instructor notebooks, other submissions or the grades; no network; an "
+        "unprivileged uid; the limits below. A submission that reaches a limit gets status "
+        "error/failed/timeout with a message naming the limit. Needs Linux, root and "
+        "bubblewrap (`apt-get install bubblewrap`; `make` installs it).")
+    box.add_argument("--memory", default=DEFAULT_MEMORY, metavar="SIZE",
+                     help=f"data memory per kernel process, e.g. 2G, 512M, 0 = no limit "
+                          f"(default {DEFAULT_MEMORY})")
+    box.add_argument("--max-procs", type=int, default=DEFAULT_MAX_PROCS, metavar="N",
+                     help="processes and threads per submission, 0 = no limit "
+                          f"(default {DEFAULT_MAX_PROCS})")
+    box.add_argument("--cpu-time", type=float, default=None, metavar="SECONDS",
+                     help="CPU seconds per kernel process, all threads together (default: "
+                          "--timeout times the threads each kernel may use)")
+    box.add_argument("--no-sandbox", action="store_true",
+                     help="grade WITHOUT the sandbox (when none is available): submissions then "
+                          "run with your permissions and can read the solutions and change "
+                          "files; only the time limits and the static screen of the cells "
+                          "apply. The grader says so loudly")
 
 
 def run(args) -> int:
@@ -568,10 +715,20 @@ def run(args) -> int:
         print("error: --jobs must be at least 1", file=sys.stderr)
         return 2
     try:
+        parse_size(args.memory)
+    except ValueError as err:
+        print(f"error: --memory: {err}", file=sys.stderr)
+        return 2
+    try:
         rows = grade_submissions(args.submissions, source, args.out, profile=args.profile,
                                  jobs=args.jobs, cell_timeout=args.cell_timeout,
                                  timeout=args.timeout, max_output_chars=args.max_output_chars,
-                                 progress=True)
+                                 progress=True, sandbox=not args.no_sandbox,
+                                 memory=args.memory, max_procs=args.max_procs,
+                                 cpu_time=args.cpu_time)
+    except SandboxUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

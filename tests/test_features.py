@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -98,8 +99,70 @@ def test_generic_cache_recomputes_on_new_meta_or_corruption(small_profile):
     features.cached("thing", compute, p, {"seed": 1})
     assert len(computed) == 2
     (folder / "thing.pt").write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="unreadable"):
-        features.cached("thing", compute, p, {"seed": 1})
+    features.cached("thing", compute, p, {"seed": 1})  # caught by its digest
     assert len(computed) == 3
+    # a file replaced by another valid blob with the right key is caught as well
+    blob = {"key": torch.load(folder / "thing.pt", weights_only=True)["key"],
+            "value": {"x": torch.zeros(3, dtype=torch.int64)}}
+    torch.save(blob, folder / "thing.pt")
+    assert torch.equal(features.cached("thing", compute, p, {"seed": 1})["x"], torch.arange(3))
+    assert len(computed) == 4
     with pytest.raises(ValueError, match="cache name"):
         features.cached("../escape", compute, p)
+
+
+def test_same_shape_poisoning_is_caught_by_the_digest(small_profile, capsys):
+    # the attack of issue 8: overwrite every cached tensor with zeros of the same shape
+    p, folder, calls = small_profile
+    first = features.load_features(p, device="cpu", progress=False)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert set(meta["digests"]) == set(features.FEATURE_KEYS)
+    for key in features.FEATURE_KEYS:  # the digest is the SHA-256 of the file's bytes
+        assert meta["digests"][key] == hashlib.sha256((folder / f"{key}.pt").read_bytes()).hexdigest()
+    for path in folder.glob("*_feats.pt"):
+        torch.save(torch.zeros_like(torch.load(path, weights_only=True)), path)
+    capsys.readouterr()
+    again = features.load_features(p, device="cpu", progress=False)
+    assert "does not match the SHA-256 digest" in capsys.readouterr().out
+    assert calls[3:] == ["id_train", "id_test", "ood_test"]
+    for key in features.FEATURE_KEYS:
+        assert torch.equal(again[key], first[key])
+
+
+def test_cache_without_digests_is_extracted_again(small_profile, capsys):
+    p, folder, calls = small_profile
+    features.load_features(p, device="cpu", progress=False)
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["digests"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    features.load_features(p, device="cpu", progress=False)
+    assert "records no digest" in capsys.readouterr().out
+    assert calls[3:] == ["id_train", "id_test", "ood_test"]
+
+
+def test_read_only_cache_is_used_and_never_written(small_profile, monkeypatch):
+    p, folder, calls = small_profile
+    first = features.load_features(p, device="cpu", progress=False)
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    monkeypatch.setattr(features, "_writable", lambda folder: False)
+    monkeypatch.setattr(features, "_atomic_save", lambda obj, path: (_ for _ in ()).throw(
+        PermissionError(13, "Permission denied", str(path))))
+    torch.save(torch.zeros(N, 320), folder / "id_test_feats.pt")  # damaged, folder "read-only"
+    before["id_test_feats.pt"] = (folder / "id_test_feats.pt").read_bytes()
+    out = features.load_features(p, device="cpu", progress=False)
+    assert calls[3:] == ["id_test"] and torch.equal(out["id_test_feats"], first["id_test_feats"])
+    value = features.cached("ro_thing", lambda: {"x": torch.ones(2)}, p)
+    assert torch.equal(value["x"], torch.ones(2))
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+
+
+def test_weights_are_hashed_once_per_process(monkeypatch):
+    hashed = []
+    real = features.sha256
+    monkeypatch.setattr(features, "sha256", lambda path: hashed.append(path) or real(path))
+    features._file_digest.cache_clear()
+    first = features.expected_meta("miniclip")
+    for _ in range(3):
+        assert features.expected_meta("miniclip") == first
+    assert len(hashed) == 1
+    assert first["pretrained"].endswith(hashlib.sha256(models.MINICLIP_WEIGHTS.read_bytes()).hexdigest())
