@@ -307,7 +307,8 @@ def maha_toy_picture(seed: int = 0):
 
 
 def covariance_spectrum(shared_covs: Mapping[str, Any], background_cov: Any, ax=None,
-                        title: str = "shared covariance against the background covariance"):
+                        title: str = "shared covariance against the background covariance",
+                        wider: float = 1.01):
     """Generalised eigenvalues of each shared covariance against the background one.
 
     For symmetric ``Sigma`` and positive definite ``Sigma_0`` the values ``lambda`` solve
@@ -320,6 +321,9 @@ def covariance_spectrum(shared_covs: Mapping[str, Any], background_cov: Any, ax=
     shared_covs : mapping label -> (D, D) covariance
     background_cov : (D, D) covariance of all training features
     ax : matplotlib axes, optional
+    wider : float, default 1.01
+        The legend counts the directions with ``lambda > wider`` (the shared Gaussian more
+        than 1 % wider than the background one).
 
     Returns
     -------
@@ -332,7 +336,7 @@ def covariance_spectrum(shared_covs: Mapping[str, Any], background_cov: Any, ax=
     for label, cov in shared_covs.items():
         c = np.asarray(to_numpy(cov, str(label)), dtype=np.float64)
         lam = scipy.linalg.eigh(c, cov0, eigvals_only=True)[::-1]
-        ax.plot(np.arange(1, len(lam) + 1), lam, label=f"{label} ({int((lam > 1).sum())} > 1)")
+        ax.plot(np.arange(1, len(lam) + 1), lam, label=f"{label} ({int((lam > wider).sum())} above {wider:g})")
     ax.axhline(1.0, color="k", ls="--", lw=1)
     ax.set_yscale("log")
     ax.set_xlabel("direction (sorted)")
