@@ -549,7 +549,9 @@ def check_kmeans_mahalanobis(student_fn: Callable) -> None:
                                        seed=0), name, "one score per test row")
             want = _as_array(kmeans_mahalanobis_scores(train, test, k, relative=relative,
                                                        seed=0), "kmeans_mahalanobis_scores", "")
-            hints = {"k-means was fitted on the TEST features; fit it on the training "
+            hints = {"the sign is flipped: scores must be higher for in-distribution rows "
+                     "(score = -min_j of the squared distances)": -want,
+                     "k-means was fitted on the TEST features; fit it on the training "
                      "features only": -(v_test["shared"] - (v_test["bg"][:, None] if relative
                                                             else 0)).min(1),
                      **_maha_hints(v, relative)}

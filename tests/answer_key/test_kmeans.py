@@ -95,7 +95,7 @@ COMPOSED = [compose(ids_torch, fn) for fn in V.CORRECT] + [
 WRONG = [
     (wrong_fit_on_test, "fitted on the TEST features"),
     (compose(ids_torch, V.wrong_pooled), "not this course's convention"),
-    (compose(ids_torch, V.wrong_sign), "minus sign"),
+    (compose(ids_torch, V.wrong_sign), "sign is flipped"),
     (compose(ids_torch, V.wrong_per_class_cov), "one covariance per class"),
     (compose(ids_torch, V.wrong_bg_from_test), "fitted to the TEST features"),
 ]
