@@ -163,15 +163,16 @@ def maha_torch_solve(train_feats, train_labels, test_feats, relative=False):
 
 
 def maha_np_lstsq(train_feats, train_labels, test_feats, relative=False):
-    """NumPy lstsq as the solver."""
+    """NumPy lstsq as the solver: the precision matrix solves cov @ P = I."""
     train, test = _np(train_feats), _np(test_feats)
     means, cov = stats_np_cov(train, train_labels)
-    d2 = np.stack([((test - mu) * np.linalg.lstsq(cov, (test - mu).T, rcond=None)[0].T).sum(1)
-                   for mu in means], 1)
+    eye = np.eye(cov.shape[0])
+    prec = np.linalg.lstsq(cov, eye, rcond=None)[0]
+    d2 = np.stack([(((test - mu) @ prec) * (test - mu)).sum(1) for mu in means], 1)
     if relative:
         mu0, cov0 = _background(train)
-        diff = test - mu0
-        d2 = d2 - (diff * np.linalg.lstsq(cov0, diff.T, rcond=None)[0].T).sum(1)[:, None]
+        prec0 = np.linalg.lstsq(cov0, eye, rcond=None)[0]
+        d2 = d2 - (((test - mu0) @ prec0) * (test - mu0)).sum(1)[:, None]
     return -d2.min(axis=1)
 
 

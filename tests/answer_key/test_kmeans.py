@@ -131,7 +131,7 @@ def test_correct_variants_reach_the_targets(k, real):
     variants = V.CORRECT if k == 10 else V.VECTORISED
     for fn in variants:
         for relative in (False, True):
-            s = np.asarray(torch.as_tensor(fn(tr, ids[k], both, relative=relative)).double())
+            s = torch.as_tensor(fn(tr, ids[k], both, relative=relative)).double().numpy()
             checks.check_auroc(f"kmeans{k}_{'rmd' if relative else 'md'}",
                                metrics.auroc(s[:n_in], s[n_in:]), profile="miniclip")
 

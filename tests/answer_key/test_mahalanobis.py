@@ -37,7 +37,7 @@ def _aurocs(fn, real):
     for base, (tr, y, te, oo) in real.items():
         both = torch.cat([te, oo])
         for relative in (False, True):
-            s = np.asarray(torch.as_tensor(fn(tr, y, both, relative=relative)).double())
+            s = torch.as_tensor(fn(tr, y, both, relative=relative)).double().numpy()
             cid = base.replace("md", "rmd") if relative else base
             out[cid] = metrics.auroc(s[:len(te)], s[len(te):])
     return out
@@ -74,8 +74,8 @@ def test_correct_variants_agree_on_the_real_features(real):
     tr, y, te, _ = real["md"]
     ref = scores.mahalanobis_scores(tr, y, te[:500], relative=True)
     for fn in (V.maha_np_inv_loop, V.maha_np_pinv, V.maha_torch_solve):
-        got = np.asarray(torch.as_tensor(fn(tr, y, te[:500], relative=True)).double())
-        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+        got = torch.as_tensor(fn(tr, y, te[:500], relative=True)).double().numpy()
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
 
 
 def test_without_the_rotation_the_inverses_disagree():
@@ -87,7 +87,7 @@ def test_without_the_rotation_the_inverses_disagree():
     both = torch.cat([te, oo])
 
     def auroc(fn):
-        s = np.asarray(torch.as_tensor(fn(tr, y, both, relative=True)).double())
+        s = torch.as_tensor(fn(tr, y, both, relative=True)).double().numpy()
         return metrics.auroc(s[:len(te)], s[len(te):])
 
     ref = metrics.auroc(scores.mahalanobis_scores(tr, y, te, relative=True),
