@@ -258,7 +258,9 @@ def maha_extreme_images(score_in: Any, score_out: Any, profile=None, n: int = 8,
         ds = feature_dataset(p, split)
         for i in idx:
             img, label = ds[int(i)]
-            images.append(np.asarray(img.convert("L")))
+            grey = p.ood_dataset == "FashionMNIST" if split == "ood_test" else \
+                p.id_dataset == "FashionMNIST"
+            images.append(np.asarray(img.convert("L" if grey else "RGB")))
             name = names[label] if 0 <= label < len(names) else str(label)
             titles.append(f"{'OOD' if split == 'ood_test' else 'ID'} {name}\n{scores_[i]:.3g}")
     fig = image_grid(np.stack(images), titles, ncols=len(worst_out), size=1.5)
