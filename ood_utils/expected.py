@@ -157,11 +157,12 @@ EXPECTED: dict[str, dict[str, Expected]] = {
             "0.250)"),
         "md": Expected(90.56, 0.1,
             "measured 2026-11-30 on the rotated trunk features (drop_degenerate_directions), "
-            "deterministic: 90.564; correct variants (np.linalg.inv, np.linalg.pinv default, "
-            "scipy.linalg.pinvh, torch.linalg.pinv, float32 arithmetic) 90.5636 for all"),
+            "deterministic (no seed): 90.564; correct variants (np.linalg.inv, np.linalg.pinv "
+            "default, scipy.linalg.pinvh, torch.linalg.pinv, float32 arithmetic) 90.5636 for "
+            "all"),
         "rmd": Expected(93.03, 0.1,
-            "measured 2026-11-30 on the rotated trunk features, deterministic: 93.031; correct "
-            "variants 93.0309 for all (float32 arithmetic 93.0308). Without the rotation "
+            "measured 2026-11-30 on the rotated trunk features, deterministic (no seed): 93.031; "
+            "correct variants 93.0309 for all (float32 arithmetic 93.0308). Without the rotation "
             "np.linalg.pinv gave 92.50 and np.linalg.inv 93.07"),
         # k-means (notebook 06): rotated features, KMeans(random_state=0, n_init=1,
         # algorithm="lloyd"); tools/measure_expected.py --only kmeans --threads 1 and
