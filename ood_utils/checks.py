@@ -610,24 +610,87 @@ def check_probe_msp(student_fn: Callable) -> None:
 
 # --------------------------------------------------------------------------- Mahalanobis (VI, VII)
 
+_NOT_OUR_CONVENTION = (
+    "the shared covariance is weighted by class size (the pooled estimator of Lee et al. "
+    "2018): a valid estimator, but not this course's convention, which is the PLP paper's "
+    "unweighted mean (1/C) sum_c Sigma_c of the per-class covariances")
+
+
 def _maha_variants(train: np.ndarray, labels: np.ndarray, test: np.ndarray) -> dict:
-    """Common wrong variants, used only to name the mistake in a failure message."""
+    """Squared distances of common wrong variants, used only to name the mistake.
+
+    Keys: ``shared`` (the course's convention), ``pooled`` / ``weighted_n`` (class-size
+    weighted, divided by N - C or N), ``per_class`` (one covariance per class),
+    ``uncentred`` (second moments instead of covariances), ``bg`` (the right background),
+    ``bg_test`` (background Gaussian fitted to the test rows), ``bg_means`` (background
+    fitted to the class means instead of all training rows).
+    """
     classes = np.unique(labels)
-    means = np.stack([train[labels == c].mean(0) for c in classes])
-    covs = [np.cov(train[labels == c], rowvar=False) for c in classes]
+    groups = [train[labels == c] for c in classes if (labels == c).sum() > 1]
+    means = np.stack([g.mean(0) for g in groups])
+    covs = [np.cov(g, rowvar=False) for g in groups]
     shared = np.mean(covs, axis=0)
-    centred = np.concatenate([train[labels == c] - means[i] for i, c in enumerate(classes)])
-    weighted = centred.T @ centred / len(train)
+    centred = np.concatenate([g - g.mean(0) for g in groups])
+    n, c = len(centred), len(groups)
+    uncentred = np.mean([g.T @ g / (len(g) - 1) for g in groups], axis=0)
 
     def sq(x, mu, prec):
         diff = x - mu
         return np.einsum("nd,de,ne->n", diff, prec, diff)
 
-    d_shared = np.stack([sq(test, m, np.linalg.pinv(shared)) for m in means], 1)
-    d_weighted = np.stack([sq(test, m, np.linalg.pinv(weighted)) for m in means], 1)
-    d_per = np.stack([sq(test, m, np.linalg.pinv(cv)) for m, cv in zip(means, covs)], 1)
-    d_bg = sq(test, train.mean(0), np.linalg.pinv(np.cov(train, rowvar=False)))
-    return {"shared": d_shared, "weighted": d_weighted, "per_class": d_per, "bg": d_bg}
+    def dists(cov):
+        prec = np.linalg.pinv(cov, hermitian=True)
+        return np.stack([sq(test, m, prec) for m in means], 1)
+
+    out = {"shared": dists(shared), "pooled": dists(centred.T @ centred / (n - c)),
+           "weighted_n": dists(centred.T @ centred / n), "uncentred": dists(uncentred),
+           "per_class": np.stack([sq(test, m, np.linalg.pinv(cv, hermitian=True))
+                                  for m, cv in zip(means, covs)], 1)}
+    out["bg"] = sq(test, train.mean(0), np.linalg.pinv(np.cov(train, rowvar=False)))
+    out["bg_test"] = sq(test, test.mean(0), np.linalg.pinv(np.cov(test, rowvar=False)))
+    out["bg_means"] = sq(test, means.mean(0), np.linalg.pinv(
+        np.cov(means, rowvar=False) if c > 1 else np.eye(train.shape[1])))
+    return out
+
+
+def _maha_hints(v: dict, relative: bool) -> dict:
+    """Failure messages and the scores of the wrong variant each one describes."""
+    if relative:
+        bg = v["bg"][:, None]
+        return {
+            "the background term is not subtracted (that is plain MD, not RMD)":
+                -v["shared"].min(1),
+            "the sign is flipped: RMD scores are -min_c (d_c^2 - d_0^2)":
+                (v["shared"] - bg).min(1),
+            "one covariance per class instead of the shared (averaged) covariance":
+                -(v["per_class"] - bg).min(1),
+            _NOT_OUR_CONVENTION: -(v["pooled"] - bg).min(1),
+            _NOT_OUR_CONVENTION + " (and divided by N instead of N - C)":
+                -(v["weighted_n"] - bg).min(1),
+            "the covariances are computed without subtracting the class means (centre every "
+            "class on its mean first)": -(v["uncentred"] - bg).min(1),
+            "the background Gaussian is fitted to the TEST features; fit mu_0 and Sigma_0 to "
+            "all TRAINING features (statistics never come from the test set)":
+                -(v["shared"] - v["bg_test"][:, None]).min(1),
+            "the background Gaussian is fitted to the class means; fit mu_0 and Sigma_0 to all "
+            "training features": -(v["shared"] - v["bg_means"][:, None]).min(1),
+            "the max over classes instead of the min (wrong reduction)":
+                -(v["shared"] - bg).max(1),
+        }
+    return {
+        "the minus sign is missing: the score is -min_c d_c^2 (higher = more ID)":
+            v["shared"].min(1),
+        "one covariance per class instead of the shared (averaged) covariance":
+            -v["per_class"].min(1),
+        _NOT_OUR_CONVENTION: -v["pooled"].min(1),
+        _NOT_OUR_CONVENTION + " (and divided by N instead of N - C)": -v["weighted_n"].min(1),
+        "the covariances are computed without subtracting the class means (centre every class "
+        "on its mean first)": -v["uncentred"].min(1),
+        "the distance of the LAST/any class instead of the nearest class mean (min over c)":
+            -v["shared"].max(1),
+        "the square root was taken: use the squared distance d_c^2":
+            -np.sqrt(v["shared"].min(1)),
+    }
 
 
 def _maha_data(seed: int, sizes=(30, 21, 14), d: int = 4, nearly_singular: bool = False):
@@ -649,49 +712,76 @@ def _maha_data(seed: int, sizes=(30, 21, 14), d: int = 4, nearly_singular: bool 
     return train.float(), torch.cat(labels), test.float()
 
 
+def check_class_statistics(student_fn: Callable) -> None:
+    """Self-check of ``class_statistics_exercise(train_feats, train_labels)``.
+
+    The function returns ``(means, shared_cov)``: the class means ``(C, D)`` in the order of
+    the sorted class ids and the course's shared covariance ``(D, D)``, the unweighted mean of
+    the per-class unbiased covariances. Classes of unequal size and spread tell the course's
+    convention apart from the class-size-weighted (pooled) estimator.
+    """
+    from .scores import _class_statistics
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    for seed, sizes in [(0, (30, 21, 14)), (1, (18, 25))]:
+        train, labels, _ = _maha_data(seed, sizes)
+        case = f"{len(sizes)} classes of sizes {sizes}, train {tuple(train.shape)}"
+        out = student_fn(train.clone(), labels.clone())
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise AssertionError(f"{name} must return a pair (means, shared_cov), got "
+                                 f"{type(out).__name__}")
+        means = _as_array(out[0], name, "the class means, shape (C, D)")
+        cov = _as_array(out[1], name, "the shared covariance, shape (D, D)")
+        _, want_means, want_cov, _, _ = _class_statistics(train.double(), labels, False)
+        want_means, want_cov = want_means.numpy(), want_cov.numpy()
+        c, d = want_means.shape
+        if cov.shape == (c, c) and c != d or cov.shape[0] not in (d,):
+            raise AssertionError(
+                f"{name} returned a covariance of shape {cov.shape}, expected {(d, d)} ({case}). "
+                "torch.cov treats each ROW as a variable and each column as an observation, so "
+                "for a (n_c, D) block of rows use torch.cov(x.T) (or np.cov(x, rowvar=False))")
+        _compare(means, want_means, name + " (means)", case, "one mean per class, rows in the "
+                 "order of the sorted class ids")
+        x, y = train.double().numpy(), labels.numpy()
+        groups = [x[y == k] for k in np.unique(y)]
+        centred = np.concatenate([g - g.mean(0) for g in groups])
+        n = len(x)
+        hints = {
+            _NOT_OUR_CONVENTION: centred.T @ centred / (n - c),
+            _NOT_OUR_CONVENTION + " (and divided by N instead of N - C)":
+                centred.T @ centred / n,
+            "the per-class covariances are biased (divided by n_c instead of n_c - 1); use "
+            "the unbiased estimator (np.cov / torch.cov default)":
+                np.mean([np.cov(g, rowvar=False, bias=True) for g in groups], axis=0),
+            "the class means are not subtracted (second moments instead of covariances)":
+                np.mean([g.T @ g / (len(g) - 1) for g in groups], axis=0),
+            "this is the covariance of ALL training rows (the background Sigma_0), not the "
+            "mean of the per-class covariances": np.cov(x, rowvar=False),
+        }
+        _compare(cov, want_cov, name + " (shared covariance)", case, "a (D, D) matrix", hints)
+    _passed(name)
+
+
 def _check_maha_case(student_fn, reference, name, train, labels, test, relative, case,
                      variants) -> None:
     got = _as_array(student_fn(train.clone(), labels.clone(), test.clone(), relative=relative),
                     name, "one score per test row")
     want = _as_array(reference(train, labels, test, relative=relative),
                      "mahalanobis_scores", "")
-    v = variants
-    if relative:
-        hints = {
-            "the background term is not subtracted (that is plain MD, not RMD)":
-                -v["shared"].min(1),
-            "the sign is flipped: RMD scores are -min_c (d_c^2 - d_0^2)":
-                (v["shared"] - v["bg"][:, None]).min(1),
-            "one covariance per class instead of the shared (averaged) covariance":
-                -(v["per_class"] - v["bg"][:, None]).min(1),
-            "the shared covariance is weighted by class size; average the per-class "
-            "covariances with equal weight":
-                -(v["weighted"] - v["bg"][:, None]).min(1),
-        }
-    else:
-        hints = {
-            "the minus sign is missing: the score is -min_c d_c^2 (higher = more ID)":
-                v["shared"].min(1),
-            "one covariance per class instead of the shared (averaged) covariance":
-                -v["per_class"].min(1),
-            "the shared covariance is weighted by class size; average the per-class "
-            "covariances with equal weight":
-                -v["weighted"].min(1),
-            "the distance of the LAST/any class instead of the nearest class mean (min over c)":
-                -v["shared"].max(1),
-            "the square root was taken: use the squared distance d_c^2":
-                -np.sqrt(v["shared"].min(1)),
-        }
-    _compare(got, want, name, case, "one score per TEST row", hints, rtol=1e-3, atol=1e-3)
+    _compare(got, want, name, case, "one score per TEST row (the min over classes is taken "
+             "along the class axis)", _maha_hints(variants, relative), rtol=1e-3, atol=1e-3)
 
 
 def check_mahalanobis(student_fn: Callable) -> None:
     """Self-check of ``mahalanobis_exercise(train_feats, train_labels, test_feats, relative=False)``.
 
     Compares with :func:`ood_utils.scores.mahalanobis_scores` for ``relative=False`` (MD) and
-    ``relative=True`` (RMD) on classes of unequal size and different spread, and on a case
-    whose covariance is nearly singular (condition number ~1e9), which float32 arithmetic
-    cannot handle but float64 with ``inv`` or ``pinv`` can.
+    ``relative=True`` (RMD) on classes of unequal size and different spread (so the course's
+    unweighted mean of class covariances differs from the class-size-weighted, pooled one),
+    and on a case whose covariance is nearly singular (condition number ~1e9), which float32
+    arithmetic cannot handle but float64 with any correct inverse (``inv``, ``pinv``,
+    ``pinvh``, ``solve``, ``lstsq``) can.
     """
     from .scores import mahalanobis_scores
 
@@ -715,44 +805,106 @@ def check_mahalanobis(student_fn: Callable) -> None:
 
 # --------------------------------------------------------------------------- k-means (part VIII)
 
-def _blobs(seed: int, n_blobs: int, per_blob: int = 25, d: int = 5):
-    """Well-separated anisotropic blobs: every k-means run finds the same clusters."""
+def _blobs(seed: int, sizes=(25, 25), d: int = 5):
+    """Well-separated anisotropic blobs of unequal size and spread: every k-means run finds
+    the same clusters, and a size-weighted covariance differs from the unweighted one."""
     g = _gen(seed)
-    if n_blobs > d:
+    if len(sizes) > d:
         raise ValueError("use at most d blobs")
-    centres = torch.eye(d)[:n_blobs] * 60
+    centres = torch.eye(d)[:len(sizes)] * 60
     rows = []
-    for b in range(n_blobs):
-        mix = torch.randn(d, d, generator=g) * 0.3 + torch.eye(d)
-        rows.append(torch.randn(per_blob, d, generator=g) @ mix + centres[b])
+    for b, n in enumerate(sizes):
+        mix = (torch.randn(d, d, generator=g) * 0.3 + torch.eye(d)) * (0.6 + 0.8 * b)
+        rows.append(torch.randn(n, d, generator=g) @ mix + centres[b])
     train = torch.cat(rows).float()
+    # test rows: near training rows, a tight far-away group (OOD), and scattered points; k-means
+    # fitted on these finds the far group as a cluster, unlike k-means on the training rows
+    far = torch.randn(12, d, generator=g) + torch.full((d,), -50.0)
     test = torch.cat([train[::9] + 0.5 * torch.randn(len(train[::9]), d, generator=g),
-                      torch.randn(4, d, generator=g) * 30]).float()
+                      far, torch.randn(4, d, generator=g) * 30]).float()
     return train, test
+
+
+def check_kmeans_cluster_ids(student_fn: Callable) -> None:
+    """Self-check of ``kmeans_cluster_ids_exercise(train_feats, n_clusters, seed=0)``.
+
+    The function returns one cluster id per training row (``(N,)`` integers). Compared as a
+    partition (the numbering of the clusters does not matter) with scikit-learn's ``KMeans``
+    under the course's fixed settings (:data:`ood_utils.scores.KMEANS_SETTINGS`): on separated
+    blobs of unequal size (any k-means finds them) and on overlapping random data, where only
+    the same settings (``n_init=1``, ``random_state=seed``, ``algorithm="lloyd"``, float32
+    input) give the same partition.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    from .scores import KMEANS_SETTINGS
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    overlap = torch.randn(300, 6, generator=_gen(7)) * torch.tensor([3.0, 2, 1, 1, 0.5, 0.5])
+    for train, k, seed, what in [(_blobs(0, (40, 12))[0], 2, 0, "2 separated blobs"),
+                                 (_blobs(1, (30, 9, 22, 15))[0], 4, 0, "4 separated blobs"),
+                                 (overlap.float(), 7, 3, "overlapping random data")]:
+        case = f"{what}, train {tuple(train.shape)}, n_clusters={k}, seed={seed}"
+        got = student_fn(train.clone(), k, seed=seed)
+        ids = _as_array(got, name, "one cluster id per training row")
+        if ids.shape != (len(train),):
+            raise AssertionError(f"{name} returned shape {ids.shape} ({case}); return the "
+                                 f"cluster id of every TRAINING row, shape {(len(train),)}")
+        want = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_SETTINGS["n_init"],
+                      algorithm=KMEANS_SETTINGS["algorithm"]).fit(train.numpy()).labels_
+        if len(np.unique(ids)) != k:
+            raise AssertionError(f"{name} returned {len(np.unique(ids))} distinct ids ({case}); "
+                                 f"expected {k} clusters")
+        if adjusted_rand_score(want, ids) < 1.0 - 1e-9:
+            raise AssertionError(
+                f"{name} returned another partition than KMeans(n_clusters={k}, "
+                f"random_state={seed}, n_init={KMEANS_SETTINGS['n_init']}, "
+                f"algorithm='{KMEANS_SETTINGS['algorithm']}') fitted on the float32 training "
+                f"features ({case}); use exactly these settings, pass `seed` as random_state, "
+                "and fit on the training features as they are (float32)")
+    _passed(name)
 
 
 def check_kmeans_mahalanobis(student_fn: Callable) -> None:
     """Self-check of ``kmeans_mahalanobis_exercise(train_feats, test_feats, n_clusters,
     relative=False, seed=0)``.
 
-    Uses blobs that are so far apart that any k-means run finds them, so the result does not
-    depend on the initialisation; compares with
+    Uses blobs of unequal size and spread that are so far apart that any k-means run finds
+    them, so the result does not depend on the initialisation; compares with
     :func:`ood_utils.scores.kmeans_mahalanobis_scores` for 2 and 4 clusters, MD and RMD.
+    Because the cluster sizes differ, a class-size-weighted (pooled) covariance gives other
+    scores than the course's unweighted mean of the cluster covariances.
     """
-    from .scores import kmeans_mahalanobis_scores
+    from sklearn.cluster import KMeans
+
+    from .scores import KMEANS_SETTINGS, kmeans_mahalanobis_scores
 
     _require_callable(student_fn)
     name = _fn_name(student_fn)
-    for n_blobs, seed in [(2, 0), (4, 1)]:
-        train, test = _blobs(seed, n_blobs)
+    for sizes, seed in [((40, 12), 0), ((30, 9, 22, 15), 1)]:
+        k = len(sizes)
+        train, test = _blobs(seed, sizes)
+        labels = KMeans(n_clusters=k, random_state=0, n_init=1,
+                        algorithm=KMEANS_SETTINGS["algorithm"]).fit(train.numpy()).labels_
+        v = _maha_variants(train.double().numpy(), labels, test.double().numpy())
+        on_test = KMeans(n_clusters=k, random_state=0, n_init=1).fit(test.numpy())
+        v_test = _maha_variants(train.double().numpy(), on_test.predict(train.numpy()),
+                                test.double().numpy())
         for relative in (False, True):
-            case = (f"{n_blobs} separated blobs, train {tuple(train.shape)}, n_clusters={n_blobs},"
-                    f" relative={relative}")
-            got = _as_array(student_fn(train.clone(), test.clone(), n_blobs, relative=relative,
+            case = (f"{k} separated blobs of sizes {sizes}, train {tuple(train.shape)}, "
+                    f"n_clusters={k}, relative={relative}")
+            got = _as_array(student_fn(train.clone(), test.clone(), k, relative=relative,
                                        seed=0), name, "one score per test row")
-            want = _as_array(kmeans_mahalanobis_scores(train, test, n_blobs, relative=relative,
+            want = _as_array(kmeans_mahalanobis_scores(train, test, k, relative=relative,
                                                        seed=0), "kmeans_mahalanobis_scores", "")
-            hints = {"the sign is flipped: scores must be higher for in-distribution rows": -want}
+            hints = {"the sign is flipped: scores must be higher for in-distribution rows "
+                     "(score = -min_j of the squared distances)": -want,
+                     "k-means was fitted on the TEST features; fit it on the training "
+                     "features only": -(v_test["shared"] - (v_test["bg"][:, None] if relative
+                                                            else 0)).min(1),
+                     **_maha_hints(v, relative)}
             _compare(got, want, name, case, "one score per TEST row", hints, rtol=1e-3,
                      atol=1e-3)
     _passed(name)

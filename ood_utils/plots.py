@@ -401,4 +401,134 @@ def ranking_slopes(left: Mapping[str, float], right: Mapping[str, float],
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.set_title(title)
+
+
+# ----------------------------------------------------------------------------- notebooks 05/06
+# (added by the Mahalanobis notebooks; kept at the end of the module)
+
+def maha_extreme_images(score_in: Any, score_out: Any, profile=None, n: int = 8,
+                        title: str = ""):
+    """The ``n`` highest-scored OOD test images and the ``n`` lowest-scored ID test images.
+
+    The OOD images a detector finds most in-distribution and the ID images it finds least so
+    are its two kinds of failure; seeing them tells more than an AUROC.
+
+    Parameters
+    ----------
+    score_in, score_out : scores of the ID test and OOD test splits (higher = more ID),
+        in the order of the feature cache (the images of ``data.feature_dataset``).
+    profile : profile name or object (default: the active one).
+    n : images per row.
+    title : figure title.
+
+    Returns
+    -------
+    matplotlib figure with two rows: OOD images (top) and ID images (bottom), each titled
+    with its class name and score.
+    """
+    from .data import all_class_names, feature_dataset, id_class_names
+    from .profiles import get_profile
+
+    s_in = score_vector(score_in, "score_in")
+    s_out = score_vector(score_out, "score_out")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    p = get_profile(profile)
+    worst_out = np.argsort(-s_out, kind="stable")[:n]
+    worst_in = np.argsort(s_in, kind="stable")[:n]
+    id_names = id_class_names(p)
+    ood_names = all_class_names(p.ood_dataset)
+    images, titles = [], []
+    for split, idx, scores_, names in (("ood_test", worst_out, s_out, ood_names),
+                                       ("id_test", worst_in, s_in, id_names)):
+        ds = feature_dataset(p, split)
+        for i in idx:
+            img, label = ds[int(i)]
+            grey = p.ood_dataset == "FashionMNIST" if split == "ood_test" else \
+                p.id_dataset == "FashionMNIST"
+            images.append(np.asarray(img.convert("L" if grey else "RGB")))
+            name = names[label] if 0 <= label < len(names) else str(label)
+            titles.append(f"{'OOD' if split == 'ood_test' else 'ID'} {name}\n{scores_[i]:.3g}")
+    fig = image_grid(np.stack(images), titles, ncols=len(worst_out), size=1.5)
+    fig.suptitle(title + ("\n" if title else "") + "top: highest-scored OOD images · "
+                 "bottom: lowest-scored ID images", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def maha_toy_picture(seed: int = 0):
+    """MD and RMD score maps of a 2-D toy problem (two elongated classes).
+
+    Two classes share one covariance stretched along the first axis; their means differ
+    along the second. The left panel shows the MD score (distance to the nearest class in
+    the shared covariance's units), the right one RMD (MD minus the distance to the
+    background Gaussian of all the data). Far along the common direction of spread MD still
+    calls a point OOD, RMD much less so: it discounts the variation every image shares.
+
+    Returns
+    -------
+    matplotlib figure
+    """
+    from .scores import mahalanobis_scores
+
+    rng = np.random.default_rng(seed)
+    cov = np.array([[6.0, 0.0], [0.0, 0.3]])
+    rot = np.array([[np.cos(0.5), -np.sin(0.5)], [np.sin(0.5), np.cos(0.5)]])
+    cov = rot @ cov @ rot.T
+    centres = np.array([[0.0, -1.5], [0.0, 1.5]]) @ rot.T
+    train = np.concatenate([rng.multivariate_normal(c, cov, 200) for c in centres])
+    labels = np.repeat([0, 1], 200)
+    xs = np.linspace(-9, 9, 181)
+    grid = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, relative, name in ((axes[0], False, "MD"), (axes[1], True, "RMD")):
+        s = mahalanobis_scores(train, labels, grid, relative=relative).reshape(len(xs), len(xs))
+        lo = np.quantile(s, 0.02)
+        im = ax.contourf(xs, xs, np.maximum(s, lo), levels=20, cmap="viridis")
+        fig.colorbar(im, ax=ax, label=f"{name} score (higher = more ID)")
+        ax.scatter(*train[labels == 0].T, s=3, c="white", alpha=0.6)
+        ax.scatter(*train[labels == 1].T, s=3, c="tab:orange", alpha=0.6)
+        ax.set_title(f"{name} score of every point of the plane")
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    return fig
+
+
+def covariance_spectrum(shared_covs: Mapping[str, Any], background_cov: Any, ax=None,
+                        title: str = "shared covariance against the background covariance",
+                        wider: float = 1.01):
+    """Generalised eigenvalues of each shared covariance against the background one.
+
+    For symmetric ``Sigma`` and positive definite ``Sigma_0`` the values ``lambda`` solve
+    ``Sigma v = lambda Sigma_0 v``: along ``v`` the shared Gaussian is ``sqrt(lambda)`` times
+    as wide as the background one. Where ``lambda > 1``, ``d_c^2 - d_0^2`` *decreases* as an
+    image moves away along ``v``, so RMD calls far-away images more typical.
+
+    Parameters
+    ----------
+    shared_covs : mapping label -> (D, D) covariance
+    background_cov : (D, D) covariance of all training features
+    ax : matplotlib axes, optional
+    wider : float, default 1.01
+        The legend counts the directions with ``lambda > wider`` (the shared Gaussian more
+        than 1 % wider than the background one).
+
+    Returns
+    -------
+    ax
+    """
+    import scipy.linalg
+
+    ax = _axes(ax, (7, 4))
+    cov0 = np.asarray(to_numpy(background_cov, "background_cov"), dtype=np.float64)
+    for label, cov in shared_covs.items():
+        c = np.asarray(to_numpy(cov, str(label)), dtype=np.float64)
+        lam = scipy.linalg.eigh(c, cov0, eigvals_only=True)[::-1]
+        ax.plot(np.arange(1, len(lam) + 1), lam, label=f"{label} ({int((lam > wider).sum())} above {wider:g})")
+    ax.axhline(1.0, color="k", ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("direction (sorted)")
+    ax.set_ylabel(r"$\lambda$: variance ratio $\Sigma$ / $\Sigma_0$")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
     return ax

@@ -16,10 +16,14 @@ scorer                         paper
                                zero-shot CLIP logits
 :func:`train_linear_probe`     Adaloglou et al. 2024 (PLP): linear probe on pseudo-labels,
 + :func:`probe_logits`         scored with the MSP of its logits
-:func:`mahalanobis_scores`     Lee et al. 2018 (MD); Ren et al. 2021 (relative MD)
-:func:`kmeans_mahalanobis_     Sehwag et al. 2021 (SSD): k-means clusters play the classes
-scores`
+:func:`mahalanobis_scores`     Lee et al. 2018 (MD); Ren et al. 2021 (relative MD), with
+                               the PLP paper's unweighted shared covariance by default
+:func:`kmeans_mahalanobis_     SSD-style (Sehwag et al. 2021), simplified as in the course's
+scores`                        assignment: k-means clusters play the classes
 =============================  ==============================================================
+
+:func:`drop_degenerate_directions` rotates features onto the directions in which the training
+features vary, removing exactly constant directions (see its docstring)
 """
 from __future__ import annotations
 
@@ -45,8 +49,10 @@ __all__ = [
     "train_linear_probe",
     "ProbeResult",
     "probe_logits",
+    "drop_degenerate_directions",
     "mahalanobis_scores",
     "kmeans_mahalanobis_scores",
+    "KMEANS_SETTINGS",
 ]
 
 #: Largest similarity block (number of float32 entries) :func:`knn_scores` builds at once
@@ -485,14 +491,15 @@ class _Gram:
 
 
 def _class_statistics(train: torch.Tensor, labels: torch.Tensor, relative: bool,
-                      chunk_rows: int = 8192):
-    """Class means, the mean of per-class covariances, and (optionally) the global Gaussian.
+                      chunk_rows: int = 8192, pooled: bool = False):
+    """Class means, the shared covariance, and (optionally) the global Gaussian.
 
     Everything is accumulated in float64 over chunks of ``chunk_rows`` training rows, so the
     training set is never copied to float64 as a whole and every matrix product is large
     enough to run at full speed. With ``w_c = 1 / ((n_c - 1) C)`` the shared covariance
     ``(1/C) sum_c S_c / (n_c - 1)`` (``S_c`` = scatter matrix of class ``c``) is the product
-    ``Z^T Z`` of the class-centred rows scaled by ``sqrt(w_c)``.
+    ``Z^T Z`` of the class-centred rows scaled by ``sqrt(w_c)``. With ``pooled=True`` every
+    weight is ``1 / (N - C)`` instead (Lee et al.'s pooled, class-size-weighted estimator).
 
     Returns ``(kept_ids, means, shared_cov, global_mean, global_cov)``, the last two ``None``
     unless ``relative``.
@@ -517,8 +524,13 @@ def _class_statistics(train: torch.Tensor, labels: torch.Tensor, relative: bool,
         warnings.warn(f"mahalanobis_scores: skipped {len(skipped)} class(es) with fewer than two "
                       f"training samples (ids: {shown}); they get no Gaussian of their own",
                       stacklevel=3)
-    weights = torch.where(kept, 1.0 / ((counts64 - 1).clamp_min(1) * int(kept.sum())),
-                          torch.zeros_like(counts64))
+    if pooled:
+        n_kept = float(counts64[kept].sum())
+        weights = torch.where(kept, torch.full_like(counts64, 1.0 / (n_kept - int(kept.sum()))),
+                              torch.zeros_like(counts64))
+    else:
+        weights = torch.where(kept, 1.0 / ((counts64 - 1).clamp_min(1) * int(kept.sum())),
+                              torch.zeros_like(counts64))
     # with equal weights (all classes of one size) the within-class scatter is a multiple
     # of the shared covariance, so RMD needs no second product
     equal = bool(kept.all()) and bool((weights == weights[0]).all())
@@ -571,9 +583,13 @@ def _pinv(cov: torch.Tensor) -> torch.Tensor:
     """Pseudo-inverse of a symmetric positive semi-definite matrix.
 
     The same operation as ``torch.linalg.pinv(cov, hermitian=True)`` or
-    ``np.linalg.pinv(cov, hermitian=True)`` with their default cut-off (eigenvalues below
+    ``scipy.linalg.pinvh(cov)`` with their default cut-off (eigenvalues below
     ``D * eps * max|eigenvalue|`` are treated as zero), written with one ``eigh`` because
-    ``torch.linalg.pinv`` is many times slower on the CPU here.
+    ``torch.linalg.pinv`` is many times slower on the CPU here. NumPy's ``np.linalg.pinv``
+    has a *different* default cut-off (``rcond=1e-15`` times the largest singular value,
+    about 200 times smaller for D = 320), so on a covariance with an exactly zero eigenvalue
+    (features after a LayerNorm) it may keep a direction this function drops; see
+    :func:`drop_degenerate_directions` for how the course avoids the question.
     """
     cov = (cov + cov.T) / 2.0  # exact symmetry for the symmetric eigensolver
     with one_cpu_thread(cov.device):
@@ -585,15 +601,87 @@ def _pinv(cov: torch.Tensor) -> torch.Tensor:
     return (evecs * inv) @ evecs.T
 
 
+def drop_degenerate_directions(train_feats: Any, *other_feats: Any, rtol: float = 1e-9,
+                               return_basis: bool = False):
+    """Rotate features onto the directions in which the training features actually vary.
+
+    Features read after a LayerNorm satisfy one exact linear constraint (a fixed weighted sum
+    of the coordinates is the same for every image), so their covariance has an exactly zero
+    eigenvalue (about 3e-14 against a largest of 62 for the ``miniclip`` trunk). Whether a
+    Mahalanobis implementation then inverts, pseudo-inverts or drops that direction depends
+    on its cut-off (``np.linalg.inv``, ``np.linalg.pinv``'s default and ``scipy.linalg.pinvh``
+    give three different RMD AUROCs). This function removes the question at the features:
+    with the eigenvectors ``Q`` (D, D') of the training covariance whose eigenvalues exceed
+    ``rtol`` times the largest, every feature ``x`` becomes ``x @ Q``. ``Q`` is orthonormal,
+    so distances, means and covariances are kept exactly within the kept directions, and the
+    dropped ones are constant over the training set (and, for a LayerNorm constraint, over
+    every image), so no distance changes either. Afterwards every correct inverse agrees.
+
+    The columns of ``Q`` are ordered by decreasing variance, each with its largest entry
+    positive (a reproducible sign).
+
+    Parameters
+    ----------
+    train_feats : array or tensor, shape (N, D)
+        Training features; the directions are found from their covariance.
+    *other_feats : arrays or tensors, shape (M_i, D)
+        Further sets (test, OOD) rotated with the same ``Q``.
+    rtol : float, default 1e-9
+        Relative eigenvalue cut-off. The ``miniclip`` trunk has a gap from 5e-13 to 9e-7
+        (relative), so any value in between gives the same result.
+    return_basis : bool, default False
+        Also return ``Q`` (float64, same kind as ``train_feats``).
+
+    Returns
+    -------
+    rotated : tuple of the same kind and dtype as each input, shapes (N, D'), (M_i, D')
+        ``(train_rot, *others_rot)``; with ``return_basis`` the tuple ends with ``Q``.
+    """
+    check_array(train_feats, "train_feats", ndim=2)
+    if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
+        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    x = to_tensor(train_feats, "train_feats").to(torch.float64)
+    if x.shape[0] < 2:
+        raise ValueError("train_feats needs at least two rows to estimate a covariance")
+    for i, other in enumerate(other_feats):
+        check_array(other, f"other_feats[{i}]", ndim=2)
+        check_same_dim(train_feats, other, "train_feats", f"other_feats[{i}]")
+    with torch.inference_mode():
+        centred = x - x.mean(dim=0)
+        cov = centred.T @ centred / (x.shape[0] - 1)
+        with one_cpu_thread(x.device):
+            evals, evecs = torch.linalg.eigh((cov + cov.T) / 2.0)
+        keep = evals > rtol * evals.max()
+        basis = evecs[:, keep].flip(1)  # decreasing variance
+        signs = torch.sign(basis.gather(0, basis.abs().argmax(dim=0, keepdim=True)))
+        basis = basis * signs
+
+    def rotate(feats, name):
+        t = to_tensor(feats, name)
+        dtype = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+        out = (t.to(torch.float64) @ basis.to(t.device)).to(dtype)
+        return _back(out, feats)
+
+    rotated = [rotate(train_feats, "train_feats")]
+    rotated += [rotate(o, f"other_feats[{i}]") for i, o in enumerate(other_feats)]
+    if return_basis:
+        rotated.append(_back(basis.clone(), train_feats))
+    return tuple(rotated)
+
+
 def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
-                       relative: bool = False, chunk_size: int = 4096) -> Any:
+                       relative: bool = False, chunk_size: int = 4096,
+                       covariance: str = "class_mean") -> Any:
     """Mahalanobis (MD) or relative Mahalanobis (RMD) score of every test feature.
 
     Each class ``c`` of the training set is modelled by a Gaussian with its mean ``mu_c`` and
-    one covariance shared by all classes, ``Sigma = (1/C) sum_c Sigma_c``: the *unweighted*
-    mean of the per-class unbiased covariances (the PLP paper's formulation; OpenOOD instead
-    fits a single covariance to the class-centred data, which weights classes by size). With
-    ``P = pinv(Sigma)`` and ``d_c^2(x) = (x - mu_c)^T P (x - mu_c)``:
+    one covariance shared by all classes. By default (``covariance="class_mean"``, the
+    course's convention, from the PLP paper) ``Sigma = (1/C) sum_c Sigma_c``: the *unweighted*
+    mean of the per-class unbiased covariances. Lee et al. 2018, OpenOOD and pytorch-ood
+    instead pool the class-centred data, ``Sigma = sum_c S_c / (N - C)`` with ``S_c`` the
+    scatter matrix of class ``c``, which weights classes by size (``covariance="pooled"``).
+    With equal class sizes the two agree. With ``P = pinv(Sigma)`` and
+    ``d_c^2(x) = (x - mu_c)^T P (x - mu_c)``:
 
     * MD (Lee et al. 2018): ``score = -min_c d_c^2(x)``;
     * RMD (Ren et al. 2021): a background Gaussian with the mean ``mu_0`` and unbiased
@@ -601,10 +689,14 @@ def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
       ``score = -min_c (d_c^2(x) - d_0^2(x))``.
 
     Everything is computed in float64; the pseudo-inverse (symmetric eigendecomposition with
-    the default cut-off of ``np.linalg.pinv``) keeps a singular covariance, e.g. from duplicated or constant feature
-    columns or fewer samples than dimensions, from breaking the computation. The distances
-    are evaluated for all classes at once with
-    ``x P x^T - 2 x P mu_c^T + mu_c P mu_c^T`` on chunks of test rows.
+    the default cut-off of ``scipy.linalg.pinvh`` and ``torch.linalg.pinv``, ``D * eps`` times
+    the largest eigenvalue; *not* NumPy's ``np.linalg.pinv`` default, which is ``1e-15``)
+    keeps a singular covariance, e.g. from duplicated or constant feature columns or fewer
+    samples than dimensions, from breaking the computation. Where a covariance is exactly
+    singular, different cut-offs give different scores; the notebooks therefore pass
+    features through :func:`drop_degenerate_directions` first. The distances are evaluated
+    for all classes at once with ``x P x^T - 2 x P mu_c^T + mu_c P mu_c^T`` on chunks of test
+    rows.
 
     Parameters
     ----------
@@ -619,12 +711,17 @@ def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
         Return RMD instead of MD.
     chunk_size : int, default 4096
         Test rows per block of the distance computation.
+    covariance : {"class_mean", "pooled"}, default "class_mean"
+        The shared covariance estimator (see above).
 
     Returns
     -------
     scores : same kind as ``train_feats``, shape (M,), float64
         Higher = closer to some class = more in-distribution (MD scores are <= 0).
     """
+    if covariance not in ("class_mean", "pooled"):
+        raise ValueError(f"covariance must be 'class_mean' (the course's convention) or "
+                         f"'pooled' (class-size weighted), got {covariance!r}")
     device = _device_of(train_feats)
     # keep float64 input exact; float32 is widened slice by slice, never as a whole
     train = _feature_tensor(train_feats, "train_feats", device, dtype=None)
@@ -635,7 +732,8 @@ def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
     chunk_size = _positive_int(chunk_size, "chunk_size")
 
     with torch.inference_mode():
-        _, means, shared, global_mean, global_cov = _class_statistics(train, labels, relative)
+        _, means, shared, global_mean, global_cov = _class_statistics(
+            train, labels, relative, pooled=covariance == "pooled")
         # centring on a common point does not change any distance but helps the expansion
         centre = means.mean(dim=0) if global_mean is None else global_mean
         means = means - centre
@@ -653,18 +751,32 @@ def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
     return _back(out.clone(), train_feats)
 
 
+#: The course's fixed k-means settings (notebook 06 states them): scikit-learn's ``KMeans``
+#: with k-means++ initialisation, ``random_state=0``, one initialisation and Lloyd's algorithm,
+#: fitted on the float32 training features. With several initialisations the best partition
+#: would be found more reliably, but k = 100 would take minutes; one fixed start keeps the
+#: result reproducible (see ``ood_utils/expected.py`` for the spread over correct variants).
+KMEANS_SETTINGS = {"n_init": 1, "algorithm": "lloyd", "random_state": 0}
+
+
 def kmeans_mahalanobis_scores(train_feats: Any, test_feats: Any, n_clusters: int,
                               relative: bool = False, seed: int = 0, n_init: int = 1,
-                              return_kmeans: bool = False):
-    """SSD-style score: k-means clusters of the training features play the classes.
+                              return_kmeans: bool = False, covariance: str = "class_mean"):
+    """SSD-style score, simplified as in the course's assignment: k-means clusters of the
+    training features play the classes of :func:`mahalanobis_scores`.
 
-    scikit-learn's ``KMeans(n_clusters, random_state=seed, n_init=n_init)`` (k-means++
-    initialisation) is fitted on the training features; its cluster assignments are passed
-    as labels to :func:`mahalanobis_scores`. The class means are recomputed from those
-    labels; they equal the fitted cluster centres whenever k-means has converged.
+    SSD (Sehwag et al. 2021) keeps one covariance per cluster; the course, like its
+    assignment, shares one covariance over the clusters (by default the unweighted mean of
+    the cluster covariances). scikit-learn's ``KMeans(n_clusters, random_state=seed,
+    n_init=n_init, algorithm="lloyd")`` (k-means++ initialisation, :data:`KMEANS_SETTINGS`)
+    is fitted on the training features as float32; its cluster assignments are passed as
+    labels to :func:`mahalanobis_scores`. The class means are recomputed from those labels;
+    they equal the fitted cluster centres whenever k-means has converged.
 
     ``n_init=1`` (scikit-learn's own choice for k-means++) keeps k = 100 on 36,000 x 320
-    features to a few seconds; more restarts change the clusters only slightly.
+    features to a few seconds. The partition found depends on ``seed``: for k = 10 on the
+    ``miniclip`` trunk, seeds land in different local optima whose RMD AUROCs differ by
+    more than 20 points, which is why the course fixes ``seed=0``.
 
     Parameters
     ----------
@@ -679,6 +791,8 @@ def kmeans_mahalanobis_scores(train_feats: Any, test_feats: Any, n_clusters: int
         Number of k-means restarts (the best inertia is kept).
     return_kmeans : bool, default False
         Also return the fitted ``KMeans`` object.
+    covariance : {"class_mean", "pooled"}, default "class_mean"
+        Passed to :func:`mahalanobis_scores`.
 
     Returns
     -------
@@ -696,9 +810,11 @@ def kmeans_mahalanobis_scores(train_feats: Any, test_feats: Any, n_clusters: int
         raise ValueError(f"n_clusters must be between 2 and the number of training samples "
                          f"({train_feats.shape[0]}), got {n_clusters}")
     x = np.ascontiguousarray(to_numpy(train_feats, "train_feats"), dtype=np.float32)
-    kmeans = KMeans(n_clusters=n_clusters, random_state=seed, n_init=n_init).fit(x)
+    kmeans = KMeans(n_clusters=n_clusters, random_state=seed, n_init=n_init,
+                    algorithm=KMEANS_SETTINGS["algorithm"]).fit(x)
     labels = kmeans.labels_.astype(np.int64)
     if is_tensor(train_feats):
         labels = torch.from_numpy(labels).to(train_feats.device)
-    scores = mahalanobis_scores(train_feats, labels, test_feats, relative=relative)
+    scores = mahalanobis_scores(train_feats, labels, test_feats, relative=relative,
+                                covariance=covariance)
     return (scores, kmeans) if return_kmeans else scores

@@ -208,6 +208,76 @@ def test_kmeans_mahalanobis_uses_sklearn_clusters():
     np.testing.assert_allclose(t.numpy(), got, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("relative", [False, True])
+def test_mahalanobis_pooled_covariance_matches_lee_et_al(relative):
+    """covariance="pooled": one covariance of the class-centred rows, divided by N - C."""
+    rng = np.random.default_rng(40)
+    x, y = blobs(41, rng.normal(0, 3, (3, 4)), 0, 1.0, sizes=[50, 12, 30])
+    x[y == 1] *= 3.0
+    test = rng.normal(0, 3, (7, 4))
+    centred = np.concatenate([x[y == c] - x[y == c].mean(0) for c in range(3)])
+    vi = np.linalg.inv(centred.T @ centred / (len(x) - 3))
+    vi0 = np.linalg.inv(np.cov(x, rowvar=False))
+    want = []
+    for t in test:
+        d2 = np.array([scipy_mahalanobis(t, x[y == c].mean(0), vi) ** 2 for c in range(3)])
+        if relative:
+            d2 = d2 - scipy_mahalanobis(t, x.mean(0), vi0) ** 2
+        want.append(-d2.min())
+    got = scores.mahalanobis_scores(x, y, test, relative=relative, covariance="pooled")
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8)
+    default = scores.mahalanobis_scores(x, y, test, relative=relative)
+    assert np.abs(default - got).max() > 1e-3  # unequal classes: the estimators differ
+    with pytest.raises(ValueError, match="covariance"):
+        scores.mahalanobis_scores(x, y, test, covariance="weighted")
+
+
+def _layernorm_like(seed, n, d=8):
+    """Rows obeying one exact linear constraint w.x = 2, like features after a LayerNorm."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.5, 2.0, d)
+    x = rng.standard_normal((n, d)) * rng.uniform(0.2, 3.0, d)
+    return x - np.outer(x @ w - 2.0, w) / (w @ w), w
+
+
+def test_drop_degenerate_directions_keeps_every_distance():
+    from scipy.spatial.distance import cdist
+
+    train, w = _layernorm_like(50, 200)
+    test, _ = _layernorm_like(51, 30)
+    test = test - np.outer(test @ w - 2.0, w) / (w @ w)
+    assert np.linalg.eigvalsh(np.cov(train, rowvar=False))[0] < 1e-12
+    rtrain, rtest, basis = scores.drop_degenerate_directions(train, test, return_basis=True)
+    assert rtrain.shape == (200, 7) and rtest.shape == (30, 7) and basis.shape == (8, 7)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(7), atol=1e-12)
+    np.testing.assert_allclose(cdist(rtest, rtrain), cdist(test, train), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(basis.T @ w, 0.0, atol=1e-9)  # the constant direction is gone
+    assert np.linalg.eigvalsh(np.cov(rtrain, rowvar=False))[0] > 1e-3
+    # kinds and dtypes are kept
+    t32 = scores.drop_degenerate_directions(torch.from_numpy(train).float())[0]
+    assert isinstance(t32, torch.Tensor) and t32.dtype == torch.float32 and t32.shape == (200, 7)
+    with pytest.raises(ValueError, match="other_feats"):
+        scores.drop_degenerate_directions(train, test[:, :5])
+
+
+def test_after_the_rotation_every_inverse_gives_the_same_rmd():
+    train, _ = _layernorm_like(52, 300)
+    y = (train[:, 0] > 0).astype(np.int64) + (train[:, 1] > 0.5)
+    test, _ = _layernorm_like(53, 40)
+    rtrain, rtest = scores.drop_degenerate_directions(train, test)
+    ref = scores.mahalanobis_scores(rtrain, y, rtest, relative=True)
+    for inverse in (np.linalg.inv, np.linalg.pinv):
+        np.testing.assert_allclose(scipy_md(rtrain, y, rtest, True, inverse), ref, rtol=1e-7)
+
+
+def test_kmeans_settings_are_the_course_ones():
+    assert scores.KMEANS_SETTINGS == {"n_init": 1, "algorithm": "lloyd", "random_state": 0}
+    x = rng_feats(60, 400, 5, np.float64)
+    _, km = scores.kmeans_mahalanobis_scores(x, x[:5], 6, return_kmeans=True)
+    want = KMeans(6, **scores.KMEANS_SETTINGS).fit(x.astype(np.float32)).labels_
+    np.testing.assert_array_equal(km.labels_, want)
+
+
 # ----------------------------------------------------------------------------- MSP, labels
 
 def test_msp_matches_scipy_softmax():

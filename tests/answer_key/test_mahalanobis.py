@@ -1,0 +1,107 @@
+"""Answer key of notebook 05: every correct way of writing the Mahalanobis exercises passes
+the self-checks and the four AUROC checks on the real ``miniclip`` features, and every planted
+mistake fails a check with a message that names it.
+
+Runs the real features (the rotated trunk features the notebook uses, and the probe logits of
+``pipeline.plp_probe(seed=0)``), so it needs the feature cache; about a minute on one thread.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ood_utils import checks, metrics, pipeline, scores
+from ood_utils.features import load_features
+
+import _maha_variants as V
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def real():
+    feats = load_features("miniclip", progress=False)
+    tr, te, oo = scores.drop_degenerate_directions(
+        feats["id_train_feats"], feats["id_test_feats"], feats["ood_test_feats"])
+    probe = pipeline.plp_probe(seed=0, profile="miniclip", progress=False)
+    return {
+        "md": (tr, feats["id_train_labels"], te, oo),
+        "plp_md": (probe["id_train"], probe["pseudo_id_train"], probe["id_test"],
+                   probe["ood_test"]),
+    }
+
+
+def _aurocs(fn, real):
+    out = {}
+    for base, (tr, y, te, oo) in real.items():
+        both = torch.cat([te, oo])
+        for relative in (False, True):
+            s = torch.as_tensor(fn(tr, y, both, relative=relative)).double().numpy()
+            cid = base.replace("md", "rmd") if relative else base
+            out[cid] = metrics.auroc(s[:len(te)], s[len(te):])
+    return out
+
+
+@pytest.mark.parametrize("stats", [V.stats_np_cov, V.stats_by_hand, V.stats_torch],
+                         ids=lambda f: f.__name__)
+def test_correct_class_statistics_pass(stats, capsys):
+    checks.check_class_statistics(stats)
+    assert "public checks passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stats, phrase", [
+    (V.stats_pooled, "not this course's convention"),
+    (V.stats_biased, "biased"),
+    (V.stats_uncentred, "class means are not subtracted"),
+    (V.stats_total, "covariance of ALL training rows"),
+], ids=lambda x: getattr(x, "__name__", ""))
+def test_wrong_class_statistics_fail(stats, phrase):
+    with pytest.raises(AssertionError, match=phrase):
+        checks.check_class_statistics(stats)
+
+
+@pytest.mark.parametrize("fn", V.CORRECT, ids=lambda f: f.__name__)
+def test_correct_variant_passes_both_checks(fn, real, capsys):
+    checks.check_mahalanobis(fn)
+    assert "public checks passed" in capsys.readouterr().out
+    for cid, value in _aurocs(fn, real).items():
+        checks.check_auroc(cid, value, profile="miniclip")
+
+
+def test_correct_variants_agree_on_the_real_features(real):
+    """The point of the rotation: the inverses agree to far below the tolerance."""
+    tr, y, te, _ = real["md"]
+    ref = scores.mahalanobis_scores(tr, y, te[:500], relative=True)
+    for fn in (V.maha_np_inv_loop, V.maha_np_pinv, V.maha_torch_solve):
+        got = torch.as_tensor(fn(tr, y, te[:500], relative=True)).double().numpy()
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_without_the_rotation_the_inverses_disagree():
+    """Why the notebooks rotate: on the raw trunk features np.linalg.pinv's cut-off keeps
+    the degenerate direction in one covariance and drops it in the other."""
+    feats = load_features("miniclip", progress=False)
+    tr, y = feats["id_train_feats"], feats["id_train_labels"]
+    te, oo = feats["id_test_feats"][:1500], feats["ood_test_feats"][:1000]
+    both = torch.cat([te, oo])
+
+    def auroc(fn):
+        s = torch.as_tensor(fn(tr, y, both, relative=True)).double().numpy()
+        return metrics.auroc(s[:len(te)], s[len(te):])
+
+    ref = metrics.auroc(scores.mahalanobis_scores(tr, y, te, relative=True),
+                        scores.mahalanobis_scores(tr, y, oo, relative=True))
+    assert abs(auroc(V.maha_np_pinv) - ref) > 0.2
+
+
+@pytest.mark.parametrize("fn, phrase", V.WRONG, ids=lambda x: getattr(x, "__name__", ""))
+def test_planted_mistake_fails_with_a_message_naming_it(fn, phrase):
+    with pytest.raises(AssertionError, match=phrase):
+        checks.check_mahalanobis(fn)
+
+
+def test_weighted_covariance_is_not_called_a_mistake():
+    with pytest.raises(AssertionError) as err:
+        checks.check_mahalanobis(V.wrong_pooled)
+    assert "a valid estimator" in str(err.value)
