@@ -1,4 +1,4 @@
-"""plots.ranked_images and the FPR@95TPR marks of plots.roc_curves."""
+"""plots: every figure draws and validates its input; ranked_images; the FPR@95TPR marks."""
 from __future__ import annotations
 
 import matplotlib
@@ -56,3 +56,31 @@ def test_roc_curves_marks_fpr_at_95_tpr_on_the_curve():
     assert any(line.get_ydata()[0] == 0.95 and line.get_linestyle() == ":" for line in ax.lines)
     assert f"FPR@95TPR {100 * fpr95:.1f}" in ax.get_legend().get_texts()[1].get_text()
     plt.close("all")
+
+
+def _toy_scores(seed=0, n_in=50, n_out=40, shift=1.0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(shift, 1, n_in), rng.normal(0, 1, n_out)
+
+
+def test_plots_draw_and_validate():
+    s_in, s_out = _toy_scores()
+    fig, axes = plt.subplots(1, 3)
+    assert plots.score_histograms(s_in, torch.from_numpy(s_out), "t", ax=axes[0]) is axes[0]
+    assert plots.roc_curves({"a": (s_in, s_out), "b": (s_out, s_in)}, ax=axes[1]) is axes[1]
+    # two methods with their FPR@95TPR dots, the TPR = 95 % line and the chance line
+    assert len(axes[1].lines) == 6
+    plots.confusion_matrix_plot(np.array([[5, 1], [2, 7]]), ["x", "y"], "cm", ax=axes[2])
+    grid = plots.image_grid(np.zeros((5, 8, 8), np.uint8), [str(i) for i in range(5)], ncols=3)
+    assert len(grid.axes) == 6
+    plots.image_grid(torch.rand(2, 3, 8, 8), None, ncols=2)
+    plots.auroc_bars({"a": 70.0, "b": 55.0}, {"a": 71.0})
+    plt.close("all")
+    with pytest.raises(ValueError, match="curves is empty"):
+        plots.roc_curves({})
+    with pytest.raises(ValueError, match="square"):
+        plots.confusion_matrix_plot(np.ones((2, 3)), ["a", "b"])
+    with pytest.raises(ValueError, match="titles"):
+        plots.image_grid(np.zeros((2, 4, 4)), ["only one"], ncols=2)
+    with pytest.raises(ValueError, match="score_in"):
+        plots.score_histograms(np.ones((2, 2)), s_out, "t")
