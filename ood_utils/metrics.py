@@ -61,11 +61,12 @@ def roc_curve(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
         point (0, 0). Every intermediate point is kept (scikit-learn's
         ``roc_curve(..., drop_intermediate=False)`` gives the same points).
     """
-    s_in, s_out = _validate(scores_in, scores_out)
+    return _roc(*_validate(scores_in, scores_out))
+
+
+def _roc(s_in: np.ndarray, s_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tps, fps, _ = _counts_by_threshold(s_in, s_out)
-    fpr = np.r_[0.0, fps / len(s_out)]
-    tpr = np.r_[0.0, tps / len(s_in)]
-    return fpr, tpr
+    return np.r_[0.0, fps / len(s_out)], np.r_[0.0, tps / len(s_in)]
 
 
 def auroc(scores_in: Any, scores_out: Any) -> float:
@@ -84,7 +85,11 @@ def auroc(scores_in: Any, scores_out: Any) -> float:
     -------
     float, in [0, 100]
     """
-    fpr, tpr = roc_curve(scores_in, scores_out)
+    return _auroc(*_validate(scores_in, scores_out))
+
+
+def _auroc(s_in: np.ndarray, s_out: np.ndarray) -> float:
+    fpr, tpr = _roc(s_in, s_out)
     # trapezoids: ties between ID and OOD give a diagonal step, i.e. a half count
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0) * 100.0)
 
@@ -109,7 +114,10 @@ def threshold_at_tpr(scores_in: Any, *, tpr: float = 0.95) -> float:
     -------
     float: one of the values of ``scores_in``.
     """
-    s_in = score_vector(scores_in, "scores_in")
+    return _threshold(score_vector(scores_in, "scores_in"), tpr)
+
+
+def _threshold(s_in: np.ndarray, tpr: float) -> float:
     if not 0.0 < float(tpr) <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
     # smallest k with k / N_in >= tpr (tolerance guards against 0.95 * 20 = 18.999...)
@@ -141,9 +149,11 @@ def fpr_at_95_tpr(scores_in: Any, scores_out: Any, *, tpr: float = 0.95) -> floa
     -------
     float, in [0, 100]; lower is better.
     """
-    s_in, s_out = _validate(scores_in, scores_out)
-    threshold = threshold_at_tpr(s_in, tpr=tpr)
-    return float(np.mean(s_out >= threshold) * 100.0)
+    return _fpr_at_tpr(*_validate(scores_in, scores_out), tpr)
+
+
+def _fpr_at_tpr(s_in: np.ndarray, s_out: np.ndarray, tpr: float) -> float:
+    return float(np.mean(s_out >= _threshold(s_in, tpr)) * 100.0)
 
 
 def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -200,10 +210,10 @@ def ood_metrics(scores_in: Any, scores_out: Any) -> dict[str, float]:
     -------
     dict with keys ``"auroc"``, ``"fpr95"``, ``"aupr_in"``, ``"aupr_out"`` (floats, percent).
     """
-    s_in, s_out = _validate(scores_in, scores_out)
+    s_in, s_out = _validate(scores_in, scores_out)  # once, for all four
     return {
-        "auroc": auroc(s_in, s_out),
-        "fpr95": fpr_at_95_tpr(s_in, s_out),
-        "aupr_in": aupr_in(s_in, s_out),
-        "aupr_out": aupr_out(s_in, s_out),
+        "auroc": _auroc(s_in, s_out),
+        "fpr95": _fpr_at_tpr(s_in, s_out, 0.95),
+        "aupr_in": _average_precision(s_in, s_out),
+        "aupr_out": _average_precision(-s_out, -s_in),
     }
