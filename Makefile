@@ -65,7 +65,7 @@ course: data
 
 test: data
 	OOD_PROFILE=miniclip MPLBACKEND=Agg $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
-		--ignore=tests/answer_key tests notebooks
+		--durations=12 --ignore=tests/answer_key tests notebooks
 
 # The answer key judged both ways: correct variants a student may write pass, planted mistakes fail.
 answer-key: data
