@@ -1043,7 +1043,7 @@ def check_extract_features(student_fn: Callable) -> None:
                              "expected float32 features and int64 labels")
     if feats.requires_grad:
         raise AssertionError(f"{name} returned features that track gradients; "
-                             "run the backbone under torch.inference_mode()")
+                             "run the backbone under torch.no_grad()")
     want_feats, want_labels = extract_features(backbone, loader, "cpu", progress=False)
     try:
         _compare(feats.double().numpy(), want_feats.double().numpy(), name,

@@ -47,7 +47,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def extract_features(backbone: torch.nn.Module, loader, device: str | torch.device | None = None,
                      progress: bool = True, desc: str = "features"
                      ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -190,7 +190,7 @@ def _param_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def image_embeddings(model: nn.Module, feats: torch.Tensor, batch_size: int = 8192
                      ) -> torch.Tensor:
     """Project trunk features ``(N, feature_dim)`` and L2-normalise: ``(N, embed_dim)`` float32."""
@@ -204,7 +204,7 @@ def image_embeddings(model: nn.Module, feats: torch.Tensor, batch_size: int = 81
     return torch.cat(out).cpu() if out else torch.empty(0, 0)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def text_embeddings(model: nn.Module, tokenizer, class_names: Sequence[str],
                     templates: Sequence[str] = ("{}",)) -> torch.Tensor:
     """One L2-normalised text embedding per class, ``(C, embed_dim)`` float32.

@@ -140,7 +140,7 @@ def knn_scores(train_feats: Any, test_feats: Any, k: int = 1,
         chunk_size = max(1, KNN_BLOCK_ELEMENTS // train.shape[0])
     chunk_size = _positive_int(chunk_size, "chunk_size")
 
-    with torch.inference_mode():
+    with torch.no_grad():
         # Dividing the columns of each block by the training norms gives the same cosines
         # as normalising the training set first, without a normalised copy of it.
         inv_norm = torch.linalg.vector_norm(train, dim=1).clamp_min(1e-12).reciprocal()
@@ -204,7 +204,7 @@ def zero_shot_logits(model: nn.Module, tokenizer, image_feats: Any, class_names:
             f"image_feats has {feats.shape[1]} columns, which the model's projection does not "
             f"accept ({err}); pass the trunk features of the same CLIP model") from err
     text = models.text_embeddings(model, tokenizer, class_names, templates)
-    with torch.inference_mode():
+    with torch.no_grad():
         scale = model.logit_scale.detach().float().exp().cpu()
         logits = scale * image @ text.T
     return _back(logits.clone(), image_feats)
@@ -237,7 +237,7 @@ def msp_scores(logits: Any, temperature: float = 1.0) -> Any:
             and temperature > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     z = to_tensor(logits, "logits").to(torch.float64) / float(temperature)
-    with torch.inference_mode():
+    with torch.no_grad():
         scores = torch.softmax(z, dim=1).max(dim=1).values
     return _back(scores.clone(), logits)
 
@@ -268,7 +268,7 @@ def _label_tensor(y: Any, name: str, n: int, device: torch.device) -> torch.Tens
     return t
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def _accuracy(layer: nn.Module, feats: torch.Tensor, targets: torch.Tensor,
               batch_size: int) -> float:
     correct = 0
@@ -439,7 +439,7 @@ def probe_logits(layer: nn.Module, feats: Any, batch_size: int = 8192) -> Any:
     was_training = layer.training
     layer.eval()
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             out = [layer(x[s:s + batch_size].to(device)).float()
                    for s in range(0, x.shape[0], batch_size)]
             logits = torch.cat(out).to(x.device)
@@ -646,7 +646,7 @@ def drop_degenerate_directions(train_feats: Any, *other_feats: Any, rtol: float 
     for i, other in enumerate(other_feats):
         check_array(other, f"other_feats[{i}]", ndim=2)
         check_same_dim(train_feats, other, "train_feats", f"other_feats[{i}]")
-    with torch.inference_mode():
+    with torch.no_grad():
         centred = x - x.mean(dim=0)
         cov = centred.T @ centred / (x.shape[0] - 1)
         with one_cpu_thread(x.device):
@@ -731,7 +731,7 @@ def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
     check_same_dim(train, test, "train_feats", "test_feats")
     chunk_size = _positive_int(chunk_size, "chunk_size")
 
-    with torch.inference_mode():
+    with torch.no_grad():
         _, means, shared, global_mean, global_cov = _class_statistics(
             train, labels, relative, pooled=covariance == "pooled")
         # centring on a common point does not change any distance but helps the expansion

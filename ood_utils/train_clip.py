@@ -71,7 +71,7 @@ def soft_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torc
     return (loss_i + loss_t) / 2
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def zero_shot_accuracy(model, tokenizer, images: torch.Tensor, labels: np.ndarray,
                        class_names=FASHION_MNIST_CLASSES, template=EVAL_TEMPLATE,
                        batch_size: int = 1024) -> float:

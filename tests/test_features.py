@@ -51,6 +51,11 @@ def test_features_match_the_trunk_and_are_cached(small_profile):
         by_hand = model.visual.trunk(torch.stack([ds[i][0] for i in range(3)]))
     torch.testing.assert_close(first["id_test_feats"][:3], by_hand, rtol=1e-4, atol=1e-4)
 
+    # freshly extracted features behave like loaded ones: a student may train on them
+    w = torch.zeros(320, 2, requires_grad=True)
+    (first["id_train_feats"] @ w).sum().backward()
+    assert w.grad is not None
+
     second = features.load_features(p, device="cpu", progress=False)
     assert calls == ["id_train", "id_test", "ood_test"]  # read from the cache
     for key in features.FEATURE_KEYS:
