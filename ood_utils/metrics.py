@@ -188,16 +188,7 @@ def aupr_out(scores_in: Any, scores_out: Any) -> float:
     """Area under the precision-recall curve in percent, OOD positive, on the negated scores.
 
     Equals ``average_precision_score(1 - labels, -scores) * 100``. Chance level is the OOD
-    fraction ``N_out / (N_in + N_out)``.
-
-    Parameters
-    ----------
-    scores_in : array or tensor, shape (N_in,)
-    scores_out : array or tensor, shape (N_out,)
-
-    Returns
-    -------
-    float, in [0, 100]
+    fraction ``N_out / (N_in + N_out)``. Arguments and result as for :func:`aupr_in`.
     """
     s_in, s_out = _validate(scores_in, scores_out)
     return _average_precision(-s_out, -s_in)
