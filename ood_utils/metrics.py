@@ -173,12 +173,11 @@ def aupr_in(scores_in: Any, scores_out: Any) -> float:
 
     Parameters
     ----------
-    scores_in : array or tensor, shape (N_in,)
-    scores_out : array or tensor, shape (N_out,)
+    scores_in, scores_out : arrays or tensors of shapes (N_in,) and (N_out,)
 
     Returns
     -------
-    float, in [0, 100]
+    float, in [0, 100]; chance is ``100 * N_in / (N_in + N_out)``
     """
     s_in, s_out = _validate(scores_in, scores_out)
     return _average_precision(s_in, s_out)
