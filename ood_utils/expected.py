@@ -168,16 +168,16 @@ EXPECTED: dict[str, dict[str, Expected]] = {
             "seed 2: 90.452, seed 3: 90.477, seed 4: 90.293) and correct variants with seed 0 "
             "(float64: 90.314, latest best epoch on ties: 90.282, accuracy of the epoch's own "
             "forward pass: 90.311); spread 0.195"),
-        "plp_md": Expected(94.48, 1.02,
-            "measured 2026-11-22, re-measured 2026-11-30 unchanged (tools/measure_expected.py "
-            "--only plp --threads 1), mean of 5 probe seeds (seed 0: 94.474, seed 1: 94.433, "
-            "seed 2: 94.692, seed 3: 94.353, seed 4: 94.471; spread 0.339); the correct "
-            "Mahalanobis variants of tests/answer_key agree on the probe logits (6-d, no "
-            "degenerate direction)"),
-        "plp_rmd": Expected(93.78, 0.75,
-            "measured 2026-11-22, re-measured 2026-11-30 unchanged, mean of 5 probe seeds (seed "
-            "0: 93.688, seed 1: 93.783, seed 2: 93.914, seed 3: 93.826, seed 4: 93.664; spread "
-            "0.250)"),
+        # plp_md / plp_rmd: Mahalanobis on the logits of notebook 04's full-batch probe (see plp).
+        "plp_md": Expected(94.87, 1.17,
+            "measured 2026-11-30 with tools/measure_expected.py --only plp --threads 1 on the "
+            "full-batch probe, mean of 5 probe seeds (seed 0: 94.725, seed 1: 94.729, seed 2: "
+            "94.937, seed 3: 95.114, seed 4: 94.866; spread 0.389); the correct Mahalanobis "
+            "variants of tests/answer_key agree on the probe logits (6-d, no degenerate "
+            "direction)"),
+        "plp_rmd": Expected(94.32, 0.57,
+            "measured 2026-11-30 likewise, mean of 5 probe seeds (seed 0: 94.266, seed 1: "
+            "94.225, seed 2: 94.294, seed 3: 94.417, seed 4: 94.374; spread 0.191)"),
         "md": Expected(90.56, 0.1,
             "measured 2026-11-30 on the rotated trunk features (drop_degenerate_directions), "
             "deterministic (no seed): 90.564; correct variants (np.linalg.inv, np.linalg.pinv "
