@@ -76,9 +76,6 @@ ALLOWED_DUNDERS = {"__name__", "__doc__", "__init__", "__call__", "__len__", "__
                    "__iter__", "__next__", "__enter__", "__exit__", "__repr__", "__str__",
                    "__class_getitem__", "__future__", "__main__"}
 # modules whose names in a check function are tools, not the reference implementation
-_TOOL_MODULES = ("torch", "numpy", "typing", "math", "__future__", "collections", "sys")
-
-
 class IntegrityWarning(UserWarning):
     """A self-check saw a function that uses the reference or the grading machinery."""
 
@@ -127,10 +124,14 @@ def _check_references() -> dict[str, frozenset[str]]:
         for node in ast.walk(fn):
             if isinstance(node, ast.ImportFrom):
                 module = node.module or ""
-                if (node.level == 0 and module.split(".")[0] in _TOOL_MODULES) or \
-                        (node.level and module in ("integrity", "expected", "profiles")):
+                # only the course's own code is a reference: a library the check compares
+                # with (torch, NumPy, scikit-learn's KMeans, ...) is the student's to use too
+                if node.level == 0 and module.split(".")[0] != "ood_utils":
                     continue
-                names.update(a.name for a in node.names)
+                if module.split(".")[-1] in ("integrity", "expected", "profiles"):
+                    continue
+                # constants (KMEANS_SETTINGS) are settings the notebook states, not code
+                names.update(a.name for a in node.names if not a.name.isupper())
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
                     and node.func.id in funcs:
                 calls.add(node.func.id)
@@ -158,7 +159,9 @@ def _stem_references(function_name: str) -> set[str]:
     stem = function_name[: -len("_exercise")] if function_name.endswith("_exercise") else ""
     if len(stem) < 3:
         return set()
-    return {name for names in _package_functions().values() for name in names if stem in name}
+    words = set(stem.lower().split("_"))  # train_probe -> train_linear_probe too
+    return {name for names in _package_functions().values() for name in names
+            if stem in name or words <= set(name.lower().split("_"))}
 
 
 def references_for_check(check_name: str, function_name: str = "") -> set[str]:
@@ -515,6 +518,23 @@ def _code_names(code, seen=None) -> set[str]:
     return names
 
 
+def _global_names(code, seen=None) -> set[str]:
+    """Names a code object (and nested ones) looks up as globals/builtins or imports."""
+    import dis
+
+    seen = seen if seen is not None else set()
+    if id(code) in seen:
+        return set()
+    seen.add(id(code))
+    names = {ins.argval for ins in dis.get_instructions(code)
+             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "IMPORT_NAME", "STORE_GLOBAL")
+             and isinstance(ins.argval, str)}
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _global_names(const, seen)
+    return names
+
+
 def function_findings(fn, check_name: str = "") -> list[str]:
     """Problems the screen would report for a student function (by its code, not its text)."""
     code = getattr(fn, "__code__", None)
@@ -522,13 +542,14 @@ def function_findings(fn, check_name: str = "") -> list[str]:
         return []
     refs = references_for_check(check_name, getattr(fn, "__name__", ""))
     names = _code_names(code) | set(code.co_freevars)
+    free_names = _global_names(code) | set(code.co_freevars)  # not attributes: model.eval() is fine
     found = []
     for name in sorted(names):
         if name in refs:
             found.append(f"uses `{name}`, the reference implementation of this exercise")
-        elif name.startswith("check_") or name in ("checks", "builtins", "__builtins__",
-                                                   "__import__", "importlib", "exec", "eval",
-                                                   "setattr", "get_ipython"):
+        elif name.startswith("check_") or (name in free_names and name in (
+                "checks", "builtins", "__builtins__", "__import__", "importlib", "exec", "eval",
+                "setattr", "get_ipython")):
             found.append(f"uses `{name}`, which the grader does not accept in an exercise")
     glob = getattr(fn, "__globals__", {}) or {}
     ref_objects = _reference_objects(frozenset(refs))

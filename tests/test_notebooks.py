@@ -120,7 +120,7 @@ def test_release_blanks_the_exercise_and_leaks_nothing(path):
     # manually graded answers are blanked too
     for cell in released.cells:
         if cell.cell_type == "markdown" and nbgrader(cell).get("solution"):
-            assert cell.source.strip() == "YOUR ANSWER HERE", path.name
+            assert "YOUR ANSWER HERE" in cell.source, path.name
     # the graded parts are the same in both copies
     assert graded_parts(released) == graded_parts(nb)
 
