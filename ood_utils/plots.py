@@ -401,6 +401,7 @@ def ranking_slopes(left: Mapping[str, float], right: Mapping[str, float],
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.set_title(title)
+    return ax
 
 
 # ----------------------------------------------------------------------------- notebooks 05/06
