@@ -16,7 +16,7 @@ from sklearn.cluster import KMeans
 from ood_utils import checks, metrics, scores
 from ood_utils.features import load_features
 
-import _maha_variants as V
+from . import _maha_variants as V
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -14,7 +14,7 @@ import torch
 from ood_utils import checks, metrics, pipeline, scores
 from ood_utils.features import load_features
 
-import _maha_variants as V
+from . import _maha_variants as V
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
