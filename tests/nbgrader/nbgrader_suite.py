@@ -103,8 +103,18 @@ def _instructor(stem):
 
 
 def total_points(stem) -> float:
-    """Points of the instructor notebook, from its nbgrader metadata."""
+    """Autograded points of the instructor notebook (graded code cells), from its metadata."""
     return sum(points for _, points in graded_parts(_instructor(stem)))
+
+
+def answer_points(stem) -> dict[str, float]:
+    """``{grade_id: points}`` of the manually graded answer cells (markdown) of a notebook."""
+    out = {}
+    for cell in _instructor(stem).cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.cell_type == "markdown" and meta.get("grade"):
+            out[meta["grade_id"]] = float(meta.get("points", 0))
+    return out
 
 
 # --------------------------------------------------------------------------- 1. no stderr
@@ -286,21 +296,30 @@ def test_autograde_scores(course):
     for stem in NOTEBOOKS:
         total = total_points(stem)
         parts = dict(graded_parts(_instructor(stem)))
+        answers = answer_points(stem)  # questions: nbgrader leaves them to the instructor
         got = {s: scores[f"{s}/{stem}"] for s in STUDENTS}
         for student in STUDENTS:
-            assert got[student]["max_score"] == pytest.approx(total), (student, stem)
-        # the solution, also with a torch UserWarning from its own code, earns every point
+            assert got[student]["max_score"] == pytest.approx(total + sum(answers.values())), \
+                (student, stem)
+        # the solution, also with a torch UserWarning from its own code, earns every
+        # autograded point; only the answer cells wait for a manual grade
         for student in ("solution", "warner"):
             assert got[student]["score"] == pytest.approx(total), (student, stem, got[student])
-            assert not got[student]["needs_manual_grade"]
+            assert got[student]["needs_manual_grade"] == bool(answers)
+            for gid, points in parts.items():
+                assert got[student]["grades"][gid]["auto"] == pytest.approx(points), gid
+            assert all(got[student]["grades"][gid]["manual"] for gid in answers)
         # the untouched release fails; the gutted checks are put back, so it scores as blank
         assert got["blank"]["score"] < total
         assert got["gutted"]["score"] == pytest.approx(got["blank"]["score"])
         # nbgrader does not restore a deleted check: its part waits for a manual grade
         deleted = got["deleted"]
         assert deleted["needs_manual_grade"]
-        assert set(deleted["grades"]) == set(parts)
-        assert all(g["manual"] and g["auto"] is None for g in deleted["grades"].values())
+        assert set(deleted["grades"]) == set(parts) | set(answers)
+        assert all(deleted["grades"][gid]["manual"] and deleted["grades"][gid]["auto"] is None
+                   for gid in parts)
+        # untouched answer cells ("YOUR ANSWER HERE") get 0 from nbgrader without review
+        assert all(deleted["grades"][gid]["auto"] == 0 for gid in answers)
         # the course's grader read nbgrader's layout (student = first folder) and agrees
         for student in ("solution", "warner", "blank", "gutted"):
             assert totals[f"{student}/{stem}.ipynb"] == pytest.approx(got[student]["score"])
