@@ -53,7 +53,7 @@ import nbformat
 
 from ._io import atomic_write_text
 from .cells import cell_source, is_graded_part, is_locked, nbgrader_meta
-from .profiles import PROFILES
+from .profiles import PROFILES, notebooks_dir
 from .sandbox import NOT_PROTECTED, UID_BASE, Limits, limit_note, parse_size
 
 __all__ = ["COLUMNS", "SandboxUnavailable", "Submission", "find_submissions", "match_submission", "graded_parts",
@@ -442,7 +442,7 @@ def _worker(conn, sub, out_dir, options, environ, cwd):
         conn.close()
 
 
-def grade_submissions(paths, source_dir="notebooks", out_dir="grades", profile=None, jobs=1,
+def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jobs=1,
                       cell_timeout=DEFAULT_CELL_TIMEOUT, timeout=DEFAULT_TIMEOUT,
                       max_output_chars=DEFAULT_MAX_OUTPUT_CHARS, progress=False,
                       sandbox: bool = True, memory=DEFAULT_MEMORY,
@@ -486,7 +486,8 @@ def grade_submissions(paths, source_dir="notebooks", out_dir="grades", profile=N
     """
     import multiprocessing as mp
 
-    source_dir, out_dir = Path(source_dir).resolve(), Path(out_dir).resolve()
+    source_dir = Path(source_dir if source_dir is not None else notebooks_dir()).resolve()
+    out_dir = Path(out_dir).resolve()
     if not source_dir.is_dir():
         raise FileNotFoundError(f"source_dir={str(source_dir)!r} is not a folder; pass the "
                                 "folder of the instructor notebooks (--source)")
@@ -514,7 +515,6 @@ def grade_submissions(paths, source_dir="notebooks", out_dir="grades", profile=N
     limits = Limits(memory=parse_size(memory), procs=int(max_procs or 0),
                     cpu=int(cpu_time if cpu_time is not None
                             else (timeout or DEFAULT_TIMEOUT) * threads + 60))
-    from .profiles import notebooks_dir
     hidden = sorted({str(source_dir), str(out_dir), str(Path(notebooks_dir()).resolve())}
                     | {str(Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent)
                        for p in paths})
@@ -708,7 +708,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Entry point of ``python -m ood_utils grade``; returns the exit status."""
-    from .profiles import notebooks_dir
 
     source = Path(args.source) if args.source else notebooks_dir()
     if args.jobs < 1:

@@ -503,36 +503,34 @@ def screen_notebook(nb, instructor) -> list[Finding]:
 
 
 # --------------------------------------------------------------------------- functions
-def _code_names(code, seen=None) -> set[str]:
+def _code_objects(code) -> list:
+    """A code object and every code object nested in it (functions, lambdas, comprehensions)."""
+    out, todo, seen = [], [code], set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        out.append(current)
+        todo.extend(c for c in current.co_consts if hasattr(c, "co_names"))
+    return out
+
+
+def _code_names(code) -> set[str]:
     """Global/attribute names and string constants used by a code object and nested ones."""
-    seen = seen if seen is not None else set()
-    if id(code) in seen:
-        return set()
-    seen.add(id(code))
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, str):
-            names.add(const)
-        elif hasattr(const, "co_names"):
-            names |= _code_names(const, seen)
+    names: set[str] = set()
+    for c in _code_objects(code):
+        names |= set(c.co_names) | {k for k in c.co_consts if isinstance(k, str)}
     return names
 
 
-def _global_names(code, seen=None) -> set[str]:
+def _global_names(code) -> set[str]:
     """Names a code object (and nested ones) looks up as globals/builtins or imports."""
     import dis
 
-    seen = seen if seen is not None else set()
-    if id(code) in seen:
-        return set()
-    seen.add(id(code))
-    names = {ins.argval for ins in dis.get_instructions(code)
-             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "IMPORT_NAME", "STORE_GLOBAL")
-             and isinstance(ins.argval, str)}
-    for const in code.co_consts:
-        if hasattr(const, "co_names"):
-            names |= _global_names(const, seen)
-    return names
+    return {ins.argval for c in _code_objects(code) for ins in dis.get_instructions(c)
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "IMPORT_NAME", "STORE_GLOBAL")
+            and isinstance(ins.argval, str)}
 
 
 def function_findings(fn, check_name: str = "") -> list[str]:
