@@ -294,8 +294,8 @@ def _feedback_cell(row) -> nbformat.NotebookNode:
 def _sandbox_paths(profile) -> list[Path]:
     """What a sandboxed kernel may read besides the system and Python: the course package,
     the data folder and the feature cache (all read-only)."""
-    from .models import weights_cache_dir
-    from .profiles import data_dir, features_dir
+    # not from .models: importing torch would cost every grading process seconds
+    from .profiles import data_dir, features_dir, weights_cache_dir
 
     return [Path(__file__).resolve().parent, data_dir(), features_dir(profile).parent,
             weights_cache_dir()]
@@ -521,6 +521,15 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
     options = dict(profile=profile, cell_timeout=cell_timeout, timeout=timeout,
                    max_output_chars=max_output_chars, jobs=jobs, sandbox=bool(sandbox),
                    limits=limits, hidden=hidden)
+    # children are forked from a server that imported the grader once (a fresh interpreter
+    # per submission would spend seconds importing nbformat/nbclient); started now, it does
+    # those imports while this process verifies the feature cache
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["ood_utils.grading", "ood_utils.execute", "nbclient",
+                               "ood_utils.integrity", "ood_utils.sandbox",
+                               "IPython.core.inputtransformer2"])
+    from multiprocessing import forkserver
+    forkserver.ensure_running()
     if sandbox:
         _verify_feature_cache(profile)
     # one uid per running submission (the process limit counts per uid); another grader
@@ -529,12 +538,6 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
     free_slots = list(range(min(jobs, 64)))
     hard_limit = (timeout or 24 * 3600) + 120  # the child enforces `timeout`; this is a backstop
 
-    # children are forked from a server that imported the grader once (a fresh interpreter
-    # per submission would spend seconds importing nbformat/nbclient)
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["ood_utils.grading", "ood_utils.execute", "nbclient",
-                               "ood_utils.integrity", "ood_utils.sandbox",
-                               "IPython.core.inputtransformer2"])
     results: dict[int, list[dict]] = {}
     pending = list(enumerate(subs))
     running: dict[int, tuple] = {}

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .profiles import Profile, data_dir, get_profile
+from .profiles import Profile, get_profile, weights_cache_dir
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MINICLIP_NAME = "miniclip-fmnist"
@@ -65,10 +65,6 @@ def tensor_digest(state_dict: dict) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def weights_cache_dir() -> Path:
-    return Path(os.environ.get("OOD_WEIGHTS_DIR", data_dir() / "weights"))
 
 
 def load_clip(profile: str | Profile | None = None, device: str | torch.device = "cpu",

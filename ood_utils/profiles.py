@@ -168,6 +168,11 @@ def features_dir(profile: str | Profile | None = None) -> Path:
     return base / get_profile(profile).name
 
 
+def weights_cache_dir() -> Path:
+    """Downloaded CLIP weights: ``$OOD_WEIGHTS_DIR`` if set, else ``<data>/weights``."""
+    return Path(os.environ.get("OOD_WEIGHTS_DIR", data_dir() / "weights"))
+
+
 def notebooks_dir() -> Path:
     """The instructor notebooks: ``$OOD_NOTEBOOKS_DIR`` if set, else ``<root>/notebooks``."""
     return Path(os.environ.get("OOD_NOTEBOOKS_DIR", project_root() / "notebooks"))

@@ -289,3 +289,53 @@ def test_sandbox_hides_what_it_must(tmp_path):
     assert res.returncode == 0, res.stderr
     # the tmpfs over notebooks/ is empty; the package is there; no secret; not root
     assert res.stdout.split("\n")[:4] == ["[]", "True", "[]", str(box.uid)]
+
+
+def _run_python(code: str, **env) -> str:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, **env), cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_setting_up_a_sandbox_imports_neither_torch_nor_matplotlib(tmp_path):
+    # each grading process sets up one sandbox; importing torch for it cost ~2 s per
+    # submission (measured: the whole of the sandbox's slowdown in issue 8's benchmark)
+    out = _run_python(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from ood_utils.grading import _sandbox_paths\n"
+        "from ood_utils.sandbox import Sandbox\n"
+        f"box = Sandbox(Path({str(tmp_path / 'box')!r}), readable=_sandbox_paths('miniclip'))\n"
+        "box.seed_home()\n"
+        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
+        "print(_sandbox_paths('miniclip')[-1])\n",
+        OOD_WEIGHTS_DIR=str(tmp_path / "weights"))
+    lines = out.splitlines()
+    assert lines[0] == "[]"
+    assert lines[1] == str(tmp_path / "weights")  # $OOD_WEIGHTS_DIR still honoured
+
+
+@pytest.mark.parametrize("variable", ["MPLCONFIGDIR", "XDG_CACHE_HOME"])
+def test_seed_home_copies_the_font_list_matplotlib_itself_uses(tmp_path, variable):
+    folder = tmp_path / "cfg"
+    cache = folder if variable == "MPLCONFIGDIR" else folder / "matplotlib"
+    cache.mkdir(parents=True)
+    (cache / "fontlist-v999.json").write_text('{"fake": true}')
+    env = {variable: str(folder)}
+    if variable == "XDG_CACHE_HOME":
+        env["MPLCONFIGDIR"] = ""
+    # matplotlib's own answer, in a process of its own
+    theirs = _run_python("import matplotlib; print(matplotlib.get_cachedir())", **env).strip()
+    assert Path(theirs) == cache
+    out = _run_python(
+        "from pathlib import Path\n"
+        "from ood_utils.sandbox import Sandbox\n"
+        f"box = Sandbox(Path({str(tmp_path / 'box')!r}))\n"
+        "box.seed_home()\n"
+        "print((box.home / '.cache' / 'matplotlib' / 'fontlist-v999.json').read_text())\n",
+        **env)
+    assert out.strip() == '{"fake": true}'
