@@ -4,6 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= miniclip
+# pytest-xdist workers for `make test` and `make answer-key` (tests/conftest.py keeps the
+# notebooks on one worker). Each process computes on one thread: two workers whose thread
+# pools both spread over the two cores ran 00's training 3x slower than one worker alone.
+TEST_WORKERS ?= 2
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 .PHONY: setup data course test answer-key test-nbgrader lab features release clean-cache help
 
@@ -64,12 +69,13 @@ course: data
 	$(BIN)/python -m ood_utils course --profile $(PROFILE)
 
 test: data
-	OOD_PROFILE=miniclip MPLBACKEND=Agg $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
-		--durations=12 --ignore=tests/answer_key tests notebooks
+	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
+		-n $(TEST_WORKERS) --dist loadscope --durations=12 --ignore=tests/answer_key tests notebooks
 
 # The answer key judged both ways: correct variants a student may write pass, planted mistakes fail.
 answer-key: data
-	OOD_PROFILE=miniclip MPLBACKEND=Agg OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/answer_key
+	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) \
+		--dist loadscope tests/answer_key
 
 # nbgrader 0.9.6 in its own venv (.venv-nbgrader, reused), a kernelspec for .venv, and
 # generate_assignment / validate / autograde on 02 and 05 (OOD_NBGRADER_NOTEBOOKS=...), plus

@@ -20,6 +20,7 @@ written (a re-extraction, a new :func:`cached` result) is computed and used with
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -34,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ._io import atomic_write, atomic_write_text
+from ._io import atomic_write, atomic_write_text, folder_lock
 from . import __version__
 from .data import FEATURE_SPLITS, feature_dataset
 from .models import MINICLIP_NAME, MINICLIP_WEIGHTS, load_clip, sha256, split_visual
@@ -209,6 +210,13 @@ def load_features(profile: str | Profile | None = None, device: str | torch.devi
     """
     p = get_profile(profile)
     folder = features_dir(p)
+    # two processes that find the cache missing extract it once: the second waits, then reads
+    with _cache_lock(folder, "features"):
+        return _load_or_extract(p, folder, device, progress, batch_size, num_workers)
+
+
+def _load_or_extract(p: Profile, folder: Path, device, progress, batch_size,
+                     num_workers) -> dict[str, torch.Tensor]:
     want = expected_meta(p)
     raw_meta = _read_meta(folder)
     have = _comparable(raw_meta) or None  # a meta.json with only `cached` digests: no features
@@ -269,6 +277,11 @@ def _writable(folder: Path) -> bool:
     return False
 
 
+def _cache_lock(folder: Path, name: str):
+    """:func:`ood_utils._io.folder_lock` on a writable cache; nothing on a read-only one."""
+    return folder_lock(folder, name) if _writable(folder) else contextlib.nullcontext(False)
+
+
 def cached(name: str, compute: Callable[[], dict], profile: str | Profile | None = None,
            meta: dict | None = None) -> dict:
     """Return ``compute()``'s dict of tensors, cached in ``features/<profile>/<name>.pt``.
@@ -283,6 +296,11 @@ def cached(name: str, compute: Callable[[], dict], profile: str | Profile | None
     p = get_profile(profile)
     path = features_dir(p) / f"{name}.pt"
     key = json.dumps({"meta": meta or {}, "features": expected_meta(p)}, sort_keys=True)
+    with _cache_lock(path.parent, "cached"):  # computed once when processes ask together
+        return _cached_locked(name, compute, path, key)
+
+
+def _cached_locked(name: str, compute: Callable[[], dict], path: Path, key: str) -> dict:
     recorded = ((_read_meta(path.parent) or {}).get("cached") or {}).get(name)
     data = _read_verified(path, recorded, "recomputing") if path.is_file() else None
     if data is not None:
@@ -302,6 +320,7 @@ def cached(name: str, compute: Callable[[], dict], profile: str | Profile | None
 
 def _record_cached(folder: Path, name: str, digest: str) -> None:
     """Add ``name``'s digest to the ``cached`` entry of ``meta.json`` (if the cache has one)."""
-    meta = _read_meta(folder) or {}
-    meta.setdefault("cached", {})[name] = digest
-    _try_save(meta, folder / "meta.json")
+    with _cache_lock(folder, "features"):  # meta.json is read, changed and written back
+        meta = _read_meta(folder) or {}
+        meta.setdefault("cached", {})[name] = digest
+        _try_save(meta, folder / "meta.json")

@@ -530,8 +530,7 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
                                "IPython.core.inputtransformer2"])
     from multiprocessing import forkserver
     forkserver.ensure_running()
-    if sandbox:
-        _verify_feature_cache(profile)
+    _prepare_feature_cache(profile, progress)
     # one uid per running submission (the process limit counts per uid); another grader
     # running at the same time gets other uids
     uid_base = UID_BASE + (os.getpid() % 4096) * 64
@@ -599,17 +598,21 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
     return rows
 
 
-def _verify_feature_cache(profile) -> None:
-    """Check the feature cache (digests included) before the kernels see it read-only.
+def _prepare_feature_cache(profile, progress: bool = False) -> None:
+    """Verify the feature cache (digests included) once, before any kernel sees it.
 
-    A damaged or incomplete cache is rebuilt here, by the trusted grader; a cache that was
-    never built is left to the kernels (which compute what they need without saving it).
+    Trusted work done here, once: a damaged, stale or missing cache is extracted and saved
+    now; otherwise every sandboxed kernel, which sees the cache read-only, would extract the
+    features again for itself (tens of seconds per submission) without saving them.
     """
     from .features import load_features
-    from .profiles import features_dir
 
-    if (features_dir(profile) / "meta.json").is_file():
-        load_features(profile, progress=False)
+    try:
+        load_features(profile, progress=progress)
+    except Exception as err:  # weights or data missing here: the kernels will say so per part
+        print(f"grader: could not prepare the feature cache of profile {profile!r} "
+              f"({type(err).__name__}: {_short(err)}); every submission that needs features "
+              "will try to extract them itself", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- reports

@@ -412,3 +412,34 @@ def test_without_a_sandbox_grading_refuses_unless_told(tmp_path, monkeypatch, ca
     assert "WITHOUT a sandbox" in err and "instructor notebooks" in err
     lines = (tmp_path / "out" / "grades.csv").read_text().splitlines()
     assert [line.split(",")[2] for line in lines[1:]] == [str(v) for v in POINTS.values()]
+
+
+def test_the_grader_repairs_a_poisoned_feature_cache_before_any_kernel_runs(tmp_path,
+                                                                          monkeypatch):
+    """The sandboxed kernels see the cache read-only: a damaged file must be replaced by the
+    grader (trusted, once), not re-extracted by every submission or, worse, used."""
+    import hashlib
+    import shutil
+
+    import torch
+
+    from ood_utils.features import load_features
+    from ood_utils.profiles import features_dir
+
+    original = load_features("miniclip", progress=False)  # the course's own cache
+    cache = tmp_path / "features"
+    shutil.copytree(features_dir("miniclip"), cache / "miniclip")
+    poisoned = cache / "miniclip" / "ood_test_feats.pt"
+    torch.save(torch.zeros_like(original["ood_test_feats"]), poisoned)
+    monkeypatch.setenv("OOD_FEATURES_DIR", str(cache))
+    sub = tmp_path / "subs" / "alice_02_toy.ipynb"
+    sub.parent.mkdir()
+    nbformat.write(toy(), sub)
+    rows = grade_submissions([sub.parent], TOY_DIR, tmp_path / "out", profile="miniclip")
+    assert [r["score"] for r in rows] == list(POINTS.values())
+    repaired = torch.load(poisoned, weights_only=True)
+    assert torch.allclose(repaired, original["ood_test_feats"], atol=1e-5)
+    meta = json.loads((cache / "miniclip" / "meta.json").read_text())
+    for name, digest in meta["digests"].items():
+        data = (cache / "miniclip" / f"{name}.pt").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest, name
