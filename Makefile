@@ -78,10 +78,12 @@ answer-key: data
 		--dist loadscope tests/answer_key
 
 # nbgrader 0.9.6 in its own venv (.venv-nbgrader, reused), a kernelspec for .venv, and
-# generate_assignment / validate / autograde on 02 and 05 (OOD_NBGRADER_NOTEBOOKS=...), plus
-# every notebook's graded cells checked for stderr: tests/nbgrader/nbgrader_suite.py
+# generate_assignment / validate / autograde on 02 and 05 (OOD_NBGRADER_NOTEBOOKS=...):
+# tests/nbgrader/nbgrader_suite.py; beside it, every notebook's graded cells checked for
+# stderr: tests/nbgrader/stderr_suite.py
 test-nbgrader: data
-	OOD_PROFILE=miniclip MPLBACKEND=Agg $(BIN)/python -m pytest tests/nbgrader/nbgrader_suite.py
+	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest -n $(TEST_WORKERS) \
+		--dist loadscope tests/nbgrader/nbgrader_suite.py tests/nbgrader/stderr_suite.py
 
 lab: data
 	$(BIN)/jupyter lab notebooks/

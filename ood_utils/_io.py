@@ -49,9 +49,9 @@ def folder_lock(folder: str | Path, name: str = "cache") -> Iterator[bool]:
     ``folder/.<name>.lock``) while the block runs; yields whether it was taken.
 
     Two notebooks (or test workers) that find the same cache entry missing then compute it
-    once: the second waits and reads what the first wrote. Re-entrant within a thread; other threads and processes wait. A
-    folder that cannot be written (the grader's read-only cache) or a system without
-    ``fcntl`` is not locked: nothing will be written there anyway.
+    once: the second waits and reads what the first wrote. Re-entrant within a thread; other
+    threads and processes wait. A folder that cannot be written (the grader's read-only
+    cache) or a system without ``fcntl`` is not locked: nothing will be written there anyway.
     """
     folder = Path(folder)
     path = str(folder / f".{name}.lock")

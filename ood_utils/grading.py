@@ -530,7 +530,8 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
                                "IPython.core.inputtransformer2"])
     from multiprocessing import forkserver
     forkserver.ensure_running()
-    _prepare_feature_cache(profile, progress)
+    if subs:
+        _prepare_feature_cache(profile, progress)
     # one uid per running submission (the process limit counts per uid); another grader
     # running at the same time gets other uids
     uid_base = UID_BASE + (os.getpid() % 4096) * 64

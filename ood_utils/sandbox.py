@@ -125,7 +125,6 @@ def _tool(name: str) -> str | None:
     return None
 
 
-@functools.cache
 def _matplotlib_cache_dir() -> Path:
     """matplotlib's cache folder, found by its own rule (MPLCONFIGDIR, else XDG_CACHE_HOME or
     ~/.cache, + /matplotlib) without importing it, which would cost every submission 0.2 s;
