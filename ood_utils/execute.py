@@ -321,10 +321,20 @@ async def _execute_async(nb, cwd, env, cell_timeout, timeout, allow_errors, kern
                      resources={"metadata": {"path": str(cwd)}}, shutdown_kernel="immediate",
                      startup_timeout=60)
     client.max_output_chars = max_output_chars
+    sockets = None
     if sandbox is not None:
         client.kernel_manager_class = _sandbox_kernel_manager()
         client.km = client.create_kernel_manager()
         client.km.configure_sandbox(sandbox)
+    else:
+        # Unix sockets in a private folder instead of TCP ports on the loopback: no port that
+        # other users of the machine can reach, and no "running over TCP without encryption"
+        # warning from every kernel
+        import tempfile
+        sockets = tempfile.mkdtemp(prefix="ood-kernel-")
+        client.km = client.create_kernel_manager()
+        client.km.transport = "ipc"
+        client.km.ip = os.path.join(sockets, "kernel")
 
     def died() -> str:
         why = sandbox.describe_exit(_kernel_exit(client)) if sandbox is not None else ""
@@ -398,5 +408,8 @@ async def _execute_async(nb, cwd, env, cell_timeout, timeout, allow_errors, kern
     finally:
         if bar is not None:
             bar.close()
+        if sockets is not None:
+            import shutil
+            shutil.rmtree(sockets, ignore_errors=True)
         result.seconds = time.monotonic() - start
     return result

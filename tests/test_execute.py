@@ -117,3 +117,16 @@ def test_missing_kernel_is_reported(tmp_path):
 def test_cwd_must_exist(tmp_path):
     with pytest.raises(ValueError, match="cwd"):
         execute_notebook(notebook("1"), cwd=tmp_path / "missing")
+
+
+def test_kernels_talk_over_unix_sockets_not_tcp(tmp_path, capfd):
+    # the kernel's own start-up messages go to the inherited stderr; over TCP, ipykernel
+    # warns that the traffic is unencrypted (once per notebook of `make course`)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import json, ipykernel.connect\n"
+        "info = ipykernel.connect.get_connection_info(unpack=True)\n"
+        "print(info['transport'])")])
+    res = execute_notebook(nb, cwd=tmp_path)
+    assert res.status == "ok", res.evalue
+    assert nb.cells[0].outputs[0]["text"].strip() == "ipc"
+    assert "without encryption" not in capfd.readouterr().err
