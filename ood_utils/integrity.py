@@ -75,7 +75,8 @@ DENY_ATTRS = {
 ALLOWED_DUNDERS = {"__name__", "__doc__", "__init__", "__call__", "__len__", "__getitem__",
                    "__iter__", "__next__", "__enter__", "__exit__", "__repr__", "__str__",
                    "__class_getitem__", "__future__", "__main__"}
-# modules whose names in a check function are tools, not the reference implementation
+
+
 class IntegrityWarning(UserWarning):
     """A self-check saw a function that uses the reference or the grading machinery."""
 

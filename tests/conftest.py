@@ -10,7 +10,6 @@ os.environ.setdefault("OOD_PROFILE", "miniclip")
 collect_ignore_glob = ["fixtures/*"]
 
 
-
 def pytest_collection_modifyitems(config, items):
     """The notebooks (nbval) run first: they are the longest group, so that under pytest-xdist
     the other worker works through the test modules meanwhile."""

@@ -123,7 +123,7 @@ def test_kernels_talk_over_unix_sockets_not_tcp(tmp_path, capfd):
     # the kernel's own start-up messages go to the inherited stderr; over TCP, ipykernel
     # warns that the traffic is unencrypted (once per notebook of `make course`)
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "import json, ipykernel.connect\n"
+        "import ipykernel.connect\n"
         "info = ipykernel.connect.get_connection_info(unpack=True)\n"
         "print(info['transport'])")])
     res = execute_notebook(nb, cwd=tmp_path)
