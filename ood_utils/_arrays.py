@@ -49,6 +49,14 @@ def like(result: Any, reference: Any) -> Any:
     return np.asarray(result)
 
 
+def as_kind(result: torch.Tensor, reference: Any) -> Any:
+    """Give a computed tensor back as the kind of ``reference``: a tensor on ``reference``'s
+    device when it is a tensor, else a numpy array."""
+    if is_tensor(reference):
+        return result.to(reference.device)
+    return like(result.detach().cpu(), reference)
+
+
 def check_array(
     x: Any,
     name: str,

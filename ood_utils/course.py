@@ -17,17 +17,15 @@ import nbformat
 from .profiles import get_profile, notebooks_dir, results_dir
 
 
-notebook_dir = notebooks_dir  # kept for callers of the old name
-
 
 def course_notebooks(only: list[str] | None = None) -> list[Path]:
     """The numbered notebooks ``NN_topic.ipynb`` in order, filtered by number or name."""
-    books = sorted(p for p in notebook_dir().glob("[0-9][0-9]_*.ipynb"))
+    books = sorted(p for p in notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
     if only:
         wanted = [w.removesuffix(".ipynb") for w in only]
         books = [b for b in books if any(b.stem == w or b.stem.split("_")[0] == w for w in wanted)]
         if not books:
-            raise SystemExit(f"--only {','.join(only)} matches no notebook in {notebook_dir()}")
+            raise SystemExit(f"--only {','.join(only)} matches no notebook in {notebooks_dir()}")
     return books
 
 
@@ -35,6 +33,7 @@ def run_course(profile: str | None = None, only: list[str] | None = None,
                cell_timeout: int = 900) -> int:
     """Execute the notebooks and print the results table; returns a process exit code."""
     from .execute import describe_failure, execute_notebook
+    from .expected import get_expected
     from .results import format_table, table
 
     p = get_profile(profile)
@@ -60,8 +59,9 @@ def run_course(profile: str | None = None, only: list[str] | None = None,
             print(f"          executed copy with the traceback: {executed_dir / book.name}")
     print(f"Notebooks finished in {time.time() - total_start:.0f} s")
     print()
-    print(format_table(p.name))
-    rows = table(p.name)
+    # the runner joins the recorded results with the answer key's targets
+    print(format_table(p.name, expected=get_expected))
+    rows = table(p.name, expected=get_expected)
     bad_checks = [r for r in rows if r.get("passed") is False]
     missing = [r for r in rows if r.get("value") is None]
     if failures:

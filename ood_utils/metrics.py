@@ -1,14 +1,18 @@
 """Threshold-free and threshold-based metrics for out-of-distribution detection.
 
-Conventions used throughout the course:
+A thin layer over scikit-learn (``roc_auc_score``, ``roc_curve``, ``average_precision_score``)
+that fixes the course's conventions:
 
 * every score follows "higher = more in-distribution" (ID);
 * the in-distribution samples are the *positive* class;
-* every metric is returned as a Python ``float`` in percent.
+* every metric is returned as a Python ``float`` in percent;
+* FPR@95TPR is Hendrycks et al.'s (ID positive), which scikit-learn has no function for.
 
 All functions take two 1-d score vectors, ``scores_in`` (ID test samples) and ``scores_out``
-(OOD test samples), as numpy arrays or torch tensors. They are computed in float64 numpy, from
-one sort of the pooled scores, without scikit-learn (the tests compare against it).
+(OOD test samples), as numpy arrays or torch tensors. Each public function validates them
+once and passes float64 numpy arrays to the private kernels below (``_auroc``, ``_fpr_at_tpr``,
+``_aupr_in``, ``_aupr_out``, ``_ood_metrics``), which validate nothing again; scikit-learn's
+own finiteness scan is switched off for them (``assume_finite``), since it was just done.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ import numpy as np
 
 from ._arrays import score_vector
 
-__all__ = ["auroc", "threshold_at_tpr", "fpr_at_95_tpr", "aupr_in", "aupr_out", "roc_curve", "ood_metrics"]
+__all__ = ["auroc", "threshold_at_tpr", "fpr_at_95_tpr", "aupr_in", "aupr_out", "roc_curve",
+           "ood_metrics"]
 
 
 def _validate(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -26,21 +31,19 @@ def _validate(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
     return score_vector(scores_in, "scores_in"), score_vector(scores_out, "scores_out")
 
 
-def _counts_by_threshold(s_in: np.ndarray, s_out: np.ndarray):
-    """Cumulative true and false positives when accepting every score ``>= t``.
+def _pooled(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, scores)`` for scikit-learn: label 1 for ``positive``, 0 for ``negative``."""
+    labels = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    return labels, np.concatenate([positive, negative])
 
-    ``t`` runs over the distinct pooled scores in decreasing order, so tied scores enter
-    together. Returns ``(tps, fps, thresholds)``, each of length ``#distinct scores``.
-    """
-    scores = np.concatenate([s_in, s_out])
-    is_in = np.concatenate([np.ones(len(s_in)), np.zeros(len(s_out))])
-    order = np.argsort(-scores, kind="mergesort")
-    scores, is_in = scores[order], is_in[order]
-    # last position of every run of equal scores
-    last = np.r_[np.flatnonzero(np.diff(scores) != 0), len(scores) - 1]
-    tps = np.cumsum(is_in)[last]
-    fps = (last + 1) - tps
-    return tps, fps, scores[last]
+
+def _sklearn():
+    """scikit-learn's metrics and its ``config_context``, imported on first use (importing
+    ``sklearn.metrics`` takes seconds, which every notebook and grader process would pay)."""
+    import sklearn
+    from sklearn import metrics as skm
+
+    return skm, sklearn.config_context
 
 
 def roc_curve(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -59,14 +62,16 @@ def roc_curve(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
         Fractions (0..1, not percent) of OOD and ID samples accepted by the rule
         ``score >= t``, for every distinct score ``t`` in decreasing order, preceded by the
         point (0, 0). Every intermediate point is kept (scikit-learn's
-        ``roc_curve(..., drop_intermediate=False)`` gives the same points).
+        ``roc_curve(..., drop_intermediate=False)``).
     """
     return _roc(*_validate(scores_in, scores_out))
 
 
 def _roc(s_in: np.ndarray, s_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    tps, fps, _ = _counts_by_threshold(s_in, s_out)
-    return np.r_[0.0, fps / len(s_out)], np.r_[0.0, tps / len(s_in)]
+    skm, config = _sklearn()
+    with config(assume_finite=True):
+        fpr, tpr, _ = skm.roc_curve(*_pooled(s_in, s_out), drop_intermediate=False)
+    return fpr, tpr
 
 
 def auroc(scores_in: Any, scores_out: Any) -> float:
@@ -89,9 +94,9 @@ def auroc(scores_in: Any, scores_out: Any) -> float:
 
 
 def _auroc(s_in: np.ndarray, s_out: np.ndarray) -> float:
-    fpr, tpr = _roc(s_in, s_out)
-    # trapezoids: ties between ID and OOD give a diagonal step, i.e. a half count
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0) * 100.0)
+    skm, config = _sklearn()
+    with config(assume_finite=True):
+        return float(skm.roc_auc_score(*_pooled(s_in, s_out)) * 100.0)
 
 
 def threshold_at_tpr(scores_in: Any, *, tpr: float = 0.95) -> float:
@@ -122,7 +127,8 @@ def _threshold(s_in: np.ndarray, tpr: float) -> float:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
     # smallest k with k / N_in >= tpr (tolerance guards against 0.95 * 20 = 18.999...)
     k = max(1, int(np.ceil(tpr * len(s_in) - 1e-9)))
-    return float(np.sort(s_in)[::-1][k - 1])
+    # the k-th largest = the (N - k)-th smallest; a partial sort finds it
+    return float(np.partition(s_in, len(s_in) - k)[len(s_in) - k])
 
 
 def fpr_at_95_tpr(scores_in: Any, scores_out: Any, *, tpr: float = 0.95) -> float:
@@ -156,18 +162,24 @@ def _fpr_at_tpr(s_in: np.ndarray, s_out: np.ndarray, tpr: float) -> float:
     return float(np.mean(s_out >= _threshold(s_in, tpr)) * 100.0)
 
 
-def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Step-wise average precision, ``sum_n (R_n - R_{n-1}) P_n`` over distinct thresholds."""
-    tps, fps, _ = _counts_by_threshold(pos, neg)
-    precision = tps / (tps + fps)
-    recall = tps / len(pos)
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision) * 100.0)
+def _average_precision(positive: np.ndarray, negative: np.ndarray) -> float:
+    skm, config = _sklearn()
+    with config(assume_finite=True):
+        return float(skm.average_precision_score(*_pooled(positive, negative)) * 100.0)
+
+
+def _aupr_in(s_in: np.ndarray, s_out: np.ndarray) -> float:
+    return _average_precision(s_in, s_out)
+
+
+def _aupr_out(s_in: np.ndarray, s_out: np.ndarray) -> float:
+    return _average_precision(-s_out, -s_in)
 
 
 def aupr_in(scores_in: Any, scores_out: Any) -> float:
     """Area under the precision-recall curve in percent, ID positive, on the scores.
 
-    Computed as average precision (no interpolation, equal to scikit-learn's
+    Computed as average precision (no interpolation: scikit-learn's
     ``average_precision_score(labels, scores) * 100`` with ``labels = 1`` for ID). Its chance
     level is the ID fraction ``N_in / (N_in + N_out)``, not 50.
 
@@ -179,8 +191,7 @@ def aupr_in(scores_in: Any, scores_out: Any) -> float:
     -------
     float, in [0, 100]; chance is ``100 * N_in / (N_in + N_out)``
     """
-    s_in, s_out = _validate(scores_in, scores_out)
-    return _average_precision(s_in, s_out)
+    return _aupr_in(*_validate(scores_in, scores_out))
 
 
 def aupr_out(scores_in: Any, scores_out: Any) -> float:
@@ -189,21 +200,24 @@ def aupr_out(scores_in: Any, scores_out: Any) -> float:
     Equals ``average_precision_score(1 - labels, -scores) * 100``. Chance level is the OOD
     fraction ``N_out / (N_in + N_out)``. Arguments and result as for :func:`aupr_in`.
     """
-    s_in, s_out = _validate(scores_in, scores_out)
-    return _average_precision(-s_out, -s_in)
+    return _aupr_out(*_validate(scores_in, scores_out))
 
 
 def ood_metrics(scores_in: Any, scores_out: Any) -> dict[str, float]:
-    """All four metrics at once.
+    """All four metrics at once, from one validation of the scores.
 
     Returns
     -------
     dict with keys ``"auroc"``, ``"fpr95"``, ``"aupr_in"``, ``"aupr_out"`` (floats, percent).
     """
-    s_in, s_out = _validate(scores_in, scores_out)  # once, for all four
+    return _ood_metrics(*_validate(scores_in, scores_out))
+
+
+def _ood_metrics(s_in: np.ndarray, s_out: np.ndarray) -> dict[str, float]:
+    """Kernel of :func:`ood_metrics` on validated float64 arrays."""
     return {
         "auroc": _auroc(s_in, s_out),
         "fpr95": _fpr_at_tpr(s_in, s_out, 0.95),
-        "aupr_in": _average_precision(s_in, s_out),
-        "aupr_out": _average_precision(-s_out, -s_in),
+        "aupr_in": _aupr_in(s_in, s_out),
+        "aupr_out": _aupr_out(s_in, s_out),
     }

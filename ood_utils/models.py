@@ -3,17 +3,19 @@
 The course stores the image trunk's features *before* the projection into the joint
 image-text space (as the PLP code does). :func:`split_visual` returns the two halves, so that
 ``projection(backbone(x))`` equals ``model.encode_image(x)`` up to normalisation.
+:func:`zero_shot_logits` turns stored trunk features into CLIP's zero-shot logits.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ._arrays import as_kind, check_array, to_tensor
 from .profiles import Profile, get_profile, weights_cache_dir
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -217,3 +219,52 @@ def text_embeddings(model: nn.Module, tokenizer, class_names: Sequence[str],
     emb = model.encode_text(tokenizer(prompts).to(device)).float()
     emb = nn.functional.normalize(emb, dim=-1).reshape(len(class_names), len(templates), -1)
     return nn.functional.normalize(emb.mean(dim=1), dim=-1).cpu()
+
+
+def zero_shot_logits(model: nn.Module, tokenizer, image_feats: Any, class_names: Sequence[str],
+                     templates: Sequence[str] = ("{}",)) -> Any:
+    """Zero-shot CLIP logits from stored trunk features.
+
+    The trunk features are projected into the joint space and L2-normalised
+    (:func:`image_embeddings`); each class name is embedded by the text tower
+    (:func:`text_embeddings`). The logits are the cosine similarities times CLIP's learned
+    temperature ``model.logit_scale.exp()`` (about 100 for trained models). (Moved here from
+    :mod:`ood_utils.scores`, which knows no model; ``scores.zero_shot_logits`` still
+    resolves to this function.)
+
+    Parameters
+    ----------
+    model : open_clip CLIP model
+    tokenizer : its tokenizer (from :func:`load_clip`)
+    image_feats : array or tensor, shape (N, feature_dim)
+        Trunk features, i.e. the image tower's output *before* its projection.
+    class_names : sequence of str, length C
+        One name per in-distribution class.
+    templates : sequence of str, default ``("{}",)``
+        Prompt templates, each with ``{}`` where the name goes. The default tokenises the bare
+        class names, as the course's seed notebook does; :data:`PLP_TEMPLATES` is the
+        five-prompt ensemble of the PLP paper (embeddings averaged over the prompts and
+        normalised again).
+
+    Returns
+    -------
+    logits : same kind as ``image_feats``, shape (N, C), float32
+    """
+    check_array(image_feats, "image_feats", ndim=2)
+    if isinstance(class_names, str) or len(class_names) == 0 or not all(
+            isinstance(c, str) for c in class_names):
+        raise ValueError("class_names must be a non-empty list of strings, one per class")
+    if isinstance(templates, str):
+        raise ValueError("templates must be a sequence of strings, e.g. ('a photo of a {}.',)")
+    feats = to_tensor(image_feats, "image_feats").float()
+    try:
+        image = image_embeddings(model, feats)
+    except RuntimeError as err:
+        raise ValueError(
+            f"image_feats has {feats.shape[1]} columns, which the model's projection does not "
+            f"accept ({err}); pass the trunk features of the same CLIP model") from err
+    text = text_embeddings(model, tokenizer, class_names, templates)
+    with torch.no_grad():
+        scale = model.logit_scale.detach().float().exp().cpu()
+        logits = scale * image @ text.T
+    return as_kind(logits.clone(), image_feats)

@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from . import scores
+from ._threads import one_cpu_thread
 from .features import cached, load_features
 from .profiles import Profile, get_profile
 
@@ -50,7 +51,7 @@ def zero_shot_logits(profile: str | Profile | None = None,
     ``ood_test`` (N_ood, C), and ``logit_scale`` (0-d).
     """
     from .data import id_class_names
-    from .models import load_clip
+    from .models import load_clip, zero_shot_logits as logits_of
 
     p = get_profile(profile)
     templates = tuple(templates)
@@ -61,8 +62,8 @@ def zero_shot_logits(profile: str | Profile | None = None,
         model, _, tokenizer = load_clip(p)
         out = {}
         for split in SPLITS:
-            logits = scores.zero_shot_logits(model, tokenizer, feats[f"{split}_feats"], names,
-                                             templates=templates)
+            logits = logits_of(model, tokenizer, feats[f"{split}_feats"], names,
+                               templates=templates)
             out[split] = torch.as_tensor(logits).float().contiguous()
         out["logit_scale"] = model.logit_scale.exp().detach().float().reshape(())
         return out
@@ -111,9 +112,10 @@ def plp_probe(seed: int = 0, profile: str | Profile | None = None, *,
     def compute():
         feats = load_features(p, progress=progress)
         targets = pseudo_labels(p)["id_train"]
-        with scores.one_cpu_thread():
-            fit = scores.train_linear_probe(feats["id_train_feats"], targets, epochs=epochs,
-                                            lr=lr, seed=seed, progress=progress)
+        options = scores.ProbeOptions(epochs=epochs, lr=lr, seed=seed)
+        with one_cpu_thread():
+            fit = scores.train_linear_probe(feats["id_train_feats"], targets, options,
+                                            progress=progress)
         layer = fit.layer
         out = {"weight": layer.weight.detach().clone().float(),
                "bias": layer.bias.detach().clone().float(),
@@ -129,11 +131,3 @@ def plp_probe(seed: int = 0, profile: str | Profile | None = None, *,
 
     return cached(f"plp_probe_seed{int(seed)}", compute, p, meta=meta)
 
-
-def plp_layer(seed: int = 0, profile: str | Profile | None = None, **kwargs) -> torch.nn.Linear:
-    """The trained probe of :func:`plp_probe` as an ``nn.Linear`` in eval mode."""
-    state = plp_probe(seed, profile, **kwargs)
-    c, d = state["weight"].shape
-    layer = torch.nn.Linear(d, c)
-    layer.load_state_dict({"weight": state["weight"], "bias": state["bias"]})
-    return layer.eval()

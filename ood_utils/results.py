@@ -16,6 +16,11 @@ environment the kernel inherits) :func:`record` computes and prints the metrics 
 nothing: nbgrader runs every submission with the same kernel environment, so each one would
 overwrite the same file (the course's runner and notebook 08 would then show the last student's
 numbers). The course's own grader gives each submission its own ``OOD_RESULTS_DIR`` instead.
+
+This module knows the course's graded results (:data:`CHECK_IDS`, their :data:`LABELS` and
+:data:`NOTEBOOKS`) but not their targets: :func:`table` and :func:`format_table` judge the
+recorded values with the ``expected`` lookup their caller passes in (the answer key's
+:func:`ood_utils.expected.get_expected`).
 """
 from __future__ import annotations
 
@@ -23,17 +28,51 @@ import json
 import math
 import os
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from ._io import atomic_write, atomic_write_text
+from ._io import atomic_write, atomic_write_text, folder_lock
 from . import metrics
 from ._arrays import score_vector
-from .expected import CHECK_IDS, LABELS, NOTEBOOKS, get_expected
 from .profiles import Profile, get_profile, results_dir
+
+#: The graded results of the course, in course order (the answer key has a target per id).
+CHECK_IDS = (
+    "knn", "msp", "plp", "plp_md", "plp_rmd", "md", "rmd",
+    "kmeans10_md", "kmeans10_rmd", "kmeans50_md", "kmeans50_rmd",
+    "kmeans100_md", "kmeans100_rmd", "cac",
+)
+
+#: Short human-readable names used in tables and plots.
+LABELS = {
+    "knn": "kNN (cosine, k=1)",
+    "msp": "zero-shot MSP",
+    "plp": "PLP (probe MSP)",
+    "plp_md": "PLP + MD",
+    "plp_rmd": "PLP + RMD",
+    "md": "MD (real labels)",
+    "rmd": "RMD (real labels)",
+    "kmeans10_md": "k-means 10 + MD",
+    "kmeans10_rmd": "k-means 10 + RMD",
+    "kmeans50_md": "k-means 50 + MD",
+    "kmeans50_rmd": "k-means 50 + RMD",
+    "kmeans100_md": "k-means 100 + MD",
+    "kmeans100_rmd": "k-means 100 + RMD",
+    "cac": "CAC (open-set)",
+}
+
+#: Which notebook produces each check id (used in messages about missing results).
+NOTEBOOKS = {
+    "knn": "02_knn", "msp": "03_msp", "plp": "04_plp",
+    "plp_md": "05_mahalanobis", "plp_rmd": "05_mahalanobis",
+    "md": "05_mahalanobis", "rmd": "05_mahalanobis",
+    "kmeans10_md": "06_kmeans", "kmeans10_rmd": "06_kmeans",
+    "kmeans50_md": "06_kmeans", "kmeans50_rmd": "06_kmeans",
+    "kmeans100_md": "06_kmeans", "kmeans100_rmd": "06_kmeans",
+    "cac": "07_cac_osr",
+}
 
 METRIC_KEYS = ("aurocs", "fpr95", "aupr_in", "aupr_out")
 # key of ood_utils.metrics.ood_metrics() for every key of the JSON file
@@ -109,20 +148,6 @@ def load(profile: str | Profile | None = None) -> dict:
         return _empty(name)
 
 
-@contextmanager
-def _locked(path: Path):
-    """Serialise read-merge-write cycles of several processes on ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a") as fh:
-        try:
-            import fcntl
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except (ImportError, OSError):  # no POSIX locks (Windows): atomic replace still holds
-            pass
-        yield
-
-
 def record(check_id: str, score_in: Any, score_out: Any,
            profile: str | Profile | None = None, quiet: bool = False,
            extra: dict[str, float] | None = None) -> dict[str, float]:
@@ -130,7 +155,7 @@ def record(check_id: str, score_in: Any, score_out: Any,
 
     Parameters
     ----------
-    check_id : one of :data:`ood_utils.expected.CHECK_IDS`.
+    check_id : one of :data:`CHECK_IDS`.
     score_in, score_out : array or tensor, shape (N_in,) and (N_out,)
         Scores of the ID and OOD test samples, higher = more in-distribution.
     profile : profile name (default: the active one).
@@ -160,7 +185,7 @@ def record(check_id: str, score_in: Any, score_out: Any,
             raise ValueError("extra must be a dict of name -> finite number, e.g. "
                              "{'accuracy': 92.4}; pass only the scalar entries of a summary")
         extra = {k: float(v) for k, v in extra.items()}
-    values = metrics.ood_metrics(s_in, s_out)
+    values = metrics._ood_metrics(s_in, s_out)  # validated just above
     if under_nbgrader():  # one shared environment for every submission: keep the file intact
         if not quiet:
             print(f"{check_id}: AUROC {values['auroc']:.2f}, FPR@95TPR {values['fpr95']:.2f}, "
@@ -176,7 +201,7 @@ def record(check_id: str, score_in: Any, score_out: Any,
     atomic_write(npz, write_npz)
 
     path = results_path(name)
-    with _locked(path):
+    with folder_lock(path.parent, path.name):  # serialise read-merge-write cycles
         data = load(name)
         for key in METRIC_KEYS:
             data[key][check_id] = round(values[_FROM_METRICS[key]], 6)
@@ -210,8 +235,22 @@ def load_scores(profile: str | Profile | None = None,
     return out
 
 
-def table(profile: str | Profile | None = None) -> list[dict]:
+def _answer_key(expected: Callable | None) -> Callable:
+    if expected is not None:
+        return expected
+    # transitional: notebook 08 calls table(profile) / format_table(profile) without the
+    # answer key; once it passes expected=get_expected this fallback goes
+    from .expected import get_expected
+
+    return get_expected
+
+
+def table(profile: str | Profile | None = None, expected: Callable | None = None) -> list[dict]:
     """One row per check id: measured metrics, expected AUROC, tolerance, pass/fail.
+
+    ``expected(check_id, profile_name)`` gives the target of a check: an object with
+    ``value``, ``tol``, ``extra`` (``{name: (target, tol)}``), ``is_set`` and ``accepts(v)``,
+    as :func:`ood_utils.expected.get_expected` returns.
 
     Row keys: ``check_id``, ``label``, ``notebook``, ``value`` (AUROC or ``None`` if not
     recorded), ``fpr95``, ``aupr_in``, ``aupr_out``, ``expected``, ``tol`` (``None`` where the
@@ -221,6 +260,7 @@ def table(profile: str | Profile | None = None) -> list[dict]:
     recorded, ``None`` when the check has not run or has no target at all.
     """
     name = get_profile(profile).name
+    get_expected = _answer_key(expected)
     data = load(name)
     rows = []
     for cid in CHECK_IDS:
@@ -247,12 +287,13 @@ def table(profile: str | Profile | None = None) -> list[dict]:
 
 def missing_notebooks(profile: str | Profile | None = None) -> list[str]:
     """Notebooks whose results are not recorded yet, in course order."""
-    todo = {r["notebook"] for r in table(profile) if r["value"] is None}
-    return sorted(todo)
+    recorded = load(profile)["aurocs"]
+    return sorted({NOTEBOOKS[cid] for cid in CHECK_IDS if cid not in recorded})
 
 
-def format_table(profile: str | Profile | None = None) -> str:
-    """The results table as fixed-width text (used by ``python -m ood_utils course``)."""
+def format_table(profile: str | Profile | None = None, expected: Callable | None = None) -> str:
+    """The results table as fixed-width text (used by ``python -m ood_utils course``);
+    ``expected`` as for :func:`table`."""
     name = get_profile(profile).name
 
     def num(v):
@@ -262,7 +303,7 @@ def format_table(profile: str | Profile | None = None) -> str:
               f"{'FPR95':>7} {'AUPR-in':>8} {'AUPR-out':>8}  status")
     lines = [f"Results for profile {name} (percent; ID = positive class)", header,
              "-" * len(header)]
-    for r in table(name):
+    for r in table(name, expected):
         if r["passed"] is True:
             status = "pass"
         elif r["passed"] is False:

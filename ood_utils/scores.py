@@ -2,10 +2,15 @@
 
 One convention everywhere: **a higher score means "more in-distribution"**.
 
+This module is pure: tensors in, tensors out. It knows no profile, file, cache or plot (the
+zero-shot logits, which need a CLIP model, live in :mod:`ood_utils.models`).
+
 Every scorer accepts numpy arrays or torch tensors and returns the same kind as its first
-feature argument (a tensor comes back on that argument's device). Inputs are validated at the
-boundary: wrong rank, non-numeric dtype, NaN/inf, empty input or mismatched feature dimensions
-raise ``ValueError`` naming the argument.
+feature argument (a tensor comes back on that argument's device). Inputs are validated once,
+at the public boundary: wrong rank, non-numeric dtype, NaN/inf, empty input or mismatched
+feature dimensions raise ``ValueError`` naming the argument. Public functions that build on
+each other call the private kernels (``_md_fit``, ``_md_score``, ``_kmeans_labels``,
+``_probe_epochs``), which take validated tensors and check nothing again.
 
 =============================  ==============================================================
 scorer                         paper
@@ -16,8 +21,9 @@ scorer                         paper
                                zero-shot CLIP logits
 :func:`train_linear_probe`     Adaloglou et al. 2024 (PLP): linear probe on pseudo-labels,
 + :func:`probe_logits`         scored with the MSP of its logits
-:func:`mahalanobis_scores`     Lee et al. 2018 (MD); Ren et al. 2021 (relative MD), with
-                               the PLP paper's unweighted shared covariance by default
+:class:`Mahalanobis`           Lee et al. 2018 (MD); Ren et al. 2021 (relative MD), with
+(:func:`mahalanobis_scores`)   the PLP paper's unweighted shared covariance by default;
+                               fitted once, then scores any number of test sets
 :func:`kmeans_mahalanobis_     SSD-style (Sehwag et al. 2021), simplified as in the course's
 scores`                        assignment: k-means clusters play the classes
 =============================  ==============================================================
@@ -27,33 +33,46 @@ features vary, removing exactly constant directions (see its docstring)
 """
 from __future__ import annotations
 
-import contextlib
 import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import models
-from ._arrays import check_array, check_labels, check_same_dim, is_tensor, like, to_numpy, to_tensor
+from ._arrays import as_kind, check_array, check_labels, check_same_dim, is_tensor, to_tensor
+# one_cpu_thread is re-exported for cac_experiment, which imports it from here
+from ._threads import one_cpu_thread
 
 __all__ = [
     "knn_scores",
-    "zero_shot_logits",
     "msp_scores",
     "pseudo_labels",
     "train_linear_probe",
+    "ProbeOptions",
     "ProbeResult",
     "probe_logits",
     "drop_degenerate_directions",
+    "Mahalanobis",
     "mahalanobis_scores",
     "kmeans_mahalanobis_scores",
     "KMEANS_SETTINGS",
 ]
+
+
+def __getattr__(name: str):
+    # ``scores.zero_shot_logits`` moved to :mod:`ood_utils.models` (it needs a CLIP model);
+    # the old name stays importable for notebook 03 until it calls models.zero_shot_logits
+    if name == "zero_shot_logits":
+        from .models import zero_shot_logits
+
+        return zero_shot_logits
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Largest similarity block (number of float32 entries) :func:`knn_scores` builds at once
 #: when no ``chunk_size`` is given: 2**26 entries = 256 MiB.
@@ -87,14 +106,38 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _back(result: torch.Tensor, reference: Any) -> Any:
-    """Return ``result`` as the kind of ``reference`` (on its device when it is a tensor)."""
-    if is_tensor(reference):
-        return result.to(reference.device)
-    return like(result.detach().cpu(), reference)
+def _check_fitted_dim(test: torch.Tensor, fitted: int) -> None:
+    if test.shape[1] != fitted:
+        raise ValueError(f"test_feats has {test.shape[1]} columns but the scorer was fitted on "
+                         f"{fitted}; both must come from the same feature extractor")
+
+
+_back = as_kind  # the result as the kind of its reference argument
 
 
 # ----------------------------------------------------------------------------- kNN
+
+def _knn_kernel(train: torch.Tensor, inv_norm: torch.Tensor, test: torch.Tensor, k: int,
+                chunk_size: int) -> torch.Tensor:
+    """Kernel of :func:`knn_scores` on validated float32 tensors of one device."""
+    device = train.device
+    with torch.no_grad():
+        rows = min(chunk_size, test.shape[0])
+        block = torch.empty(rows, train.shape[0], dtype=torch.float32, device=device)
+        out = torch.empty(test.shape[0], dtype=torch.float32, device=device)
+        for start in range(0, test.shape[0], rows):
+            query = nn.functional.normalize(test[start:start + rows], dim=1)
+            sim = block[:query.shape[0]]  # one buffer reused by every chunk
+            torch.matmul(query, train.T, out=sim)
+            sim.mul_(inv_norm)
+            if k == 1:  # same value as topk(1), without sorting
+                out[start:start + rows] = sim.amax(dim=1)
+            else:
+                out[start:start + rows] = torch.topk(sim, k, dim=1, sorted=True).values[:, -1]
+        del block
+        out.clamp_(-1.0, 1.0)
+    return out
+
 
 def knn_scores(train_feats: Any, test_feats: Any, k: int = 1,
                chunk_size: int | None = None) -> Any:
@@ -139,75 +182,11 @@ def knn_scores(train_feats: Any, test_feats: Any, k: int = 1,
     if chunk_size is None:
         chunk_size = max(1, KNN_BLOCK_ELEMENTS // train.shape[0])
     chunk_size = _positive_int(chunk_size, "chunk_size")
-
     with torch.no_grad():
         # Dividing the columns of each block by the training norms gives the same cosines
         # as normalising the training set first, without a normalised copy of it.
         inv_norm = torch.linalg.vector_norm(train, dim=1).clamp_min(1e-12).reciprocal()
-        rows = min(chunk_size, test.shape[0])
-        block = torch.empty(rows, train.shape[0], dtype=torch.float32, device=device)
-        out = torch.empty(test.shape[0], dtype=torch.float32, device=device)
-        for start in range(0, test.shape[0], rows):
-            query = nn.functional.normalize(test[start:start + rows], dim=1)
-            sim = block[:query.shape[0]]  # one buffer reused by every chunk
-            torch.matmul(query, train.T, out=sim)
-            sim.mul_(inv_norm)
-            if k == 1:  # same value as topk(1), without sorting
-                out[start:start + rows] = sim.amax(dim=1)
-            else:
-                out[start:start + rows] = torch.topk(sim, k, dim=1, sorted=True).values[:, -1]
-        del block
-        out.clamp_(-1.0, 1.0)
-    return _back(out.clone(), train_feats)
-
-
-# ----------------------------------------------------------------------------- zero-shot
-
-def zero_shot_logits(model: nn.Module, tokenizer, image_feats: Any, class_names: Sequence[str],
-                     templates: Sequence[str] = ("{}",)) -> Any:
-    """Zero-shot CLIP logits from stored trunk features.
-
-    The trunk features are projected into the joint space and L2-normalised
-    (:func:`ood_utils.models.image_embeddings`); each class name is embedded by the text
-    tower (:func:`ood_utils.models.text_embeddings`). The logits are the cosine similarities
-    times CLIP's learned temperature ``model.logit_scale.exp()`` (about 100 for trained models).
-
-    Parameters
-    ----------
-    model : open_clip CLIP model
-    tokenizer : its tokenizer (from :func:`ood_utils.models.load_clip`)
-    image_feats : array or tensor, shape (N, feature_dim)
-        Trunk features, i.e. the image tower's output *before* its projection.
-    class_names : sequence of str, length C
-        One name per in-distribution class.
-    templates : sequence of str, default ``("{}",)``
-        Prompt templates, each with ``{}`` where the name goes. The default tokenises the bare
-        class names, as the course's seed notebook does; ``models.PLP_TEMPLATES`` is the
-        five-prompt ensemble of the PLP paper (embeddings averaged over the prompts and
-        normalised again).
-
-    Returns
-    -------
-    logits : same kind as ``image_feats``, shape (N, C), float32
-    """
-    check_array(image_feats, "image_feats", ndim=2)
-    if isinstance(class_names, str) or len(class_names) == 0 or not all(
-            isinstance(c, str) for c in class_names):
-        raise ValueError("class_names must be a non-empty list of strings, one per class")
-    if isinstance(templates, str):
-        raise ValueError("templates must be a sequence of strings, e.g. ('a photo of a {}.',)")
-    feats = to_tensor(image_feats, "image_feats").float()
-    try:
-        image = models.image_embeddings(model, feats)
-    except RuntimeError as err:
-        raise ValueError(
-            f"image_feats has {feats.shape[1]} columns, which the model's projection does not "
-            f"accept ({err}); pass the trunk features of the same CLIP model") from err
-    text = models.text_embeddings(model, tokenizer, class_names, templates)
-    with torch.no_grad():
-        scale = model.logit_scale.detach().float().exp().cpu()
-        logits = scale * image @ text.T
-    return _back(logits.clone(), image_feats)
+    return _back(_knn_kernel(train, inv_norm, test, k, chunk_size).clone(), train_feats)
 
 
 # ----------------------------------------------------------------------------- MSP
@@ -215,10 +194,13 @@ def zero_shot_logits(model: nn.Module, tokenizer, image_feats: Any, class_names:
 def msp_scores(logits: Any, temperature: float = 1.0) -> Any:
     """Maximum softmax probability of ``logits / temperature``.
 
-    Applied to zero-shot CLIP logits this is MCM (Ming et al. 2022); applied to a classifier's
-    logits it is the MSP baseline. Zero-shot logits already contain CLIP's scale (about 100),
-    which corresponds to MCM's temperature of 0.01 on the raw cosines; ``temperature`` divides
-    the logits further.
+    Applied to a classifier's logits this is the MSP baseline (Hendrycks & Gimpel 2017).
+    Applied to zero-shot CLIP logits it is MCM (Ming et al. 2022), which divides the raw
+    cosine similarities by a temperature ``T``; **MCM's default is T = 1** (in the MCM code).
+    Zero-shot logits already carry CLIP's learned scale (about 100), so ``msp_scores(logits)``
+    is MCM with ``T = 1 / scale`` (about 0.01, the default of pytorch-ood), and MCM's own
+    default is ``msp_scores(logits / scale)``, or ``msp_scores(cosines, temperature=1.0)``.
+    ``temperature`` divides whatever is passed in.
 
     The softmax is computed in float64: in float32 every probability above ``1 - 6e-8``
     rounds to exactly 1, which would turn confident samples into ties and distort AUROC.
@@ -285,6 +267,61 @@ PROBE_LR = 0.03
 
 
 @dataclass(frozen=True)
+class ProbeOptions:
+    """How :func:`train_linear_probe` trains; the defaults are the course's settings.
+
+    Attributes
+    ----------
+    epochs : int, default :data:`PROBE_EPOCHS`
+    lr : float, default :data:`PROBE_LR`
+    batch_size : int or None, default None
+        Rows per step; ``None`` (the course's setting) = all rows, one step per epoch.
+    seed : int, default 0
+        ``torch.manual_seed(seed)`` immediately before ``nn.Linear``; also seeds the shuffling
+        of mini-batches.
+    weight_decay : float, default 0.0
+        The optimizer's L2 penalty (the seed uses none; the PLP paper 1e-3).
+    optimizer : {"adam", "sgd"}, default "adam"
+    dtype : torch.float32 or torch.float64, default float32
+        Precision of the features and the layer during training.
+    select : {"train_acc", "forward_acc"}, default "train_acc"
+        Which accuracy chooses the epoch kept: on the training targets after the epoch's
+        step, or that of the epoch's own forward passes (before its step, as the original
+        assignment's loop measures it). Validation data, when given, chooses instead.
+    ties : {"earliest", "latest"}, default "earliest"
+        Which of several epochs with the same best accuracy is kept.
+    """
+
+    epochs: int = PROBE_EPOCHS
+    lr: float = PROBE_LR
+    batch_size: int | None = None
+    seed: int = 0
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    dtype: torch.dtype = torch.float32
+    select: str = "train_acc"
+    ties: str = "earliest"
+
+    def __post_init__(self):
+        _positive_int(self.epochs, "epochs")
+        if self.batch_size is not None:
+            _positive_int(self.batch_size, "batch_size")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value)
+                    and (value > 0 if name == "lr" else value >= 0)):
+                raise ValueError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'}"
+                                 f" number, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        choices = {"optimizer": ("adam", "sgd"), "select": ("train_acc", "forward_acc"),
+                   "ties": ("earliest", "latest"), "dtype": (torch.float32, torch.float64)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     """What :func:`train_linear_probe` returns.
 
@@ -293,7 +330,8 @@ class ProbeResult:
     layer : torch.nn.Linear(D, C) in eval mode, holding the best epoch's weights.
     history : tuple of dicts, one per epoch: ``epoch`` (1-based), ``loss`` (mean training
         cross-entropy during the epoch), ``train_acc`` (accuracy on the training targets after
-        the epoch, 0..1) and, when validation data was given, ``val_acc``.
+        the epoch, 0..1), ``forward_acc`` (accuracy of the epoch's own forward passes, before
+        its steps) and, when validation data was given, ``val_acc``.
     best_epoch : int, 1-based epoch whose weights ``layer`` holds.
     """
 
@@ -302,11 +340,60 @@ class ProbeResult:
     best_epoch: int
 
 
-def train_linear_probe(train_feats: Any, targets: Any, *, epochs: int = PROBE_EPOCHS,
-                       lr: float = PROBE_LR, batch_size: int | None = None, seed: int = 0,
-                       val_feats: Any = None, val_targets: Any = None,
-                       num_classes: int | None = None, weight_decay: float = 0.0,
-                       progress: bool = False) -> ProbeResult:
+def _probe_epochs(x: torch.Tensor, y: torch.Tensor, num_classes: int, options: ProbeOptions,
+                  val: tuple | None = None, progress: bool = False):
+    """Train the probe; yield ``(record, layer)`` after every epoch (the live layer: copy its
+    ``state_dict`` to keep an epoch). The single training loop of the package.
+
+    ``x`` (N, D) in ``options.dtype`` and ``y`` (N,) int64 are validated tensors on one device;
+    ``val`` is an optional validated pair ``(x_val, y_val)`` on the same device.
+    """
+    device = x.device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        layer = nn.Linear(x.shape[1], num_classes)
+    layer = layer.to(device=device, dtype=options.dtype)
+    if options.optimizer == "adam":
+        optimizer = torch.optim.Adam(layer.parameters(), lr=options.lr,
+                                     weight_decay=options.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(layer.parameters(), lr=options.lr,
+                                    weight_decay=options.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(int(options.seed))
+    full = options.batch_size is None
+    step = x.shape[0] if full else options.batch_size
+
+    bar = tqdm(range(1, options.epochs + 1), desc="linear probe", unit="epoch",
+               disable=not progress)
+    for epoch in bar:
+        layer.train()
+        order = None if full else torch.randperm(x.shape[0], generator=generator).to(device)
+        total, seen_correct = 0.0, 0
+        for start in range(0, x.shape[0], step):
+            idx = slice(None) if order is None else order[start:start + step]
+            xb, yb = x[idx], y[idx]
+            logits = layer(xb)
+            loss = loss_fn(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(yb)
+            seen_correct += int((logits.detach().argmax(dim=1) == yb).sum())
+        layer.eval()
+        record = {"epoch": epoch, "loss": total / x.shape[0],
+                  "train_acc": _accuracy(layer, x, y, 1 << 16),
+                  "forward_acc": seen_correct / x.shape[0]}
+        if val is not None:
+            record["val_acc"] = _accuracy(layer, val[0], val[1], 1 << 16)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['train_acc']:.4f}")
+        yield record, layer
+    bar.close()
+
+
+def train_linear_probe(train_feats: Any, targets: Any, options: ProbeOptions | None = None, *,
+                       validation: tuple | None = None, num_classes: int | None = None,
+                       progress: bool = False, **settings) -> ProbeResult:
     """Train one linear layer with cross-entropy and keep the weights of its best epoch.
 
     This is the probe of PLP (Adaloglou et al. 2024) as the course prescribes it (notebook 04):
@@ -315,10 +402,10 @@ def train_linear_probe(train_feats: Any, targets: Any, *, epochs: int = PROBE_EP
     (one step per epoch on all rows, so no batch order enters). After every epoch the
     accuracy on the training targets is measured; the weights of the epoch with the highest
     accuracy are kept (the earliest one on ties), as the original assignment keeps its best
-    training accuracy. With ``val_feats``/``val_targets`` the validation accuracy chooses
-    instead. The targets are usually pseudo-labels (:func:`pseudo_labels` of the zero-shot
-    logits). The paper also standardises the features and uses weight decay and a cosine
-    schedule; ``weight_decay`` is exposed, the rest is left to the caller.
+    training accuracy. With ``validation`` the validation accuracy chooses instead. The
+    targets are usually pseudo-labels (:func:`pseudo_labels` of the zero-shot logits). The
+    paper also standardises the features and uses weight decay and a cosine schedule;
+    ``weight_decay`` is exposed, the rest is left to the caller.
 
     Training is deterministic for a given ``seed``: the initial weights are drawn inside
     :func:`torch.random.fork_rng` (the global random state is left untouched) and, with
@@ -329,85 +416,61 @@ def train_linear_probe(train_feats: Any, targets: Any, *, epochs: int = PROBE_EP
     ----------
     train_feats : array or tensor, shape (N, D)
     targets : integer array or tensor, shape (N,), values in 0..C-1
-    epochs : int, default :data:`PROBE_EPOCHS`
-    lr : float, default :data:`PROBE_LR`
-    batch_size : int, optional
-        Rows per step; ``None`` (the course's setting) = all rows, one step per epoch.
-    seed : int, default 0
-    val_feats, val_targets : optional (M, D) features and (M,) targets that choose the best
-        epoch instead of the training accuracy.
+    options : :class:`ProbeOptions`, optional
+        The training settings (default: the course's).
+    validation : pair ``(val_feats (M, D), val_targets (M,))``, optional
+        Data whose accuracy chooses the best epoch instead of the training accuracy.
     num_classes : int, optional
         Output size C; by default ``max(targets) + 1``.
-    weight_decay : float, default 0.0
-        Adam's L2 penalty (the seed uses none).
     progress : bool, default False
         Show a progress bar over epochs.
+    **settings
+        Fields of :class:`ProbeOptions` given one by one (``epochs=20, lr=1e-3, seed=1``);
+        they replace those of ``options``.
 
     Returns
     -------
     :class:`ProbeResult` (``layer``, ``history``, ``best_epoch``)
     """
+    if options is None:
+        options = ProbeOptions()
+    elif not isinstance(options, ProbeOptions):
+        raise TypeError(f"options must be a ProbeOptions, got {type(options).__name__}; give "
+                        "single settings by keyword (epochs=..., lr=...)")
+    if settings:
+        fields = {f.name for f in dataclasses.fields(ProbeOptions)}
+        unknown = sorted(set(settings) - fields)
+        if unknown:
+            raise TypeError(f"train_linear_probe got unknown setting(s) {unknown}; the settings "
+                            f"are {sorted(fields)}, validation=(feats, targets), num_classes, "
+                            "progress")
+        options = dataclasses.replace(options, **settings)
     device = _device_of(train_feats)
-    x = _feature_tensor(train_feats, "train_feats", device)
+    x = _feature_tensor(train_feats, "train_feats", device, dtype=options.dtype)
     y = _label_tensor(targets, "targets", x.shape[0], device)
-    if (val_feats is None) != (val_targets is None):
-        raise ValueError("pass val_feats and val_targets together, or neither")
-    xv = yv = None
-    if val_feats is not None:
-        xv = _feature_tensor(val_feats, "val_feats", device)
+    val = None
+    if validation is not None:
+        if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
+            raise ValueError("validation must be a pair (val_feats, val_targets)")
+        xv = _feature_tensor(validation[0], "val_feats", device, dtype=options.dtype)
         check_same_dim(x, xv, "train_feats", "val_feats")
-        yv = _label_tensor(val_targets, "val_targets", xv.shape[0], device)
-    epochs = _positive_int(epochs, "epochs")
-    if batch_size is not None:
-        batch_size = _positive_int(batch_size, "batch_size")
-    if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    needed = int(max(y.max(), yv.max() if yv is not None else 0)) + 1
+        val = (xv, _label_tensor(validation[1], "val_targets", xv.shape[0], device))
+    needed = int(max(y.max(), val[1].max() if val is not None else 0)) + 1
     if num_classes is None:
         num_classes = needed
     num_classes = _positive_int(num_classes, "num_classes")
     if num_classes < needed:
         raise ValueError(f"num_classes={num_classes} but the targets go up to {needed - 1}")
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        layer = nn.Linear(x.shape[1], num_classes)
-    layer = layer.to(device)
-    optimizer = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    step = x.shape[0] if batch_size is None else batch_size
-
+    key = "val_acc" if val is not None else options.select
     history: list[dict] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
-    bar = tqdm(range(1, epochs + 1), desc="linear probe", unit="epoch", disable=not progress)
-    for epoch in bar:
-        layer.train()
-        if batch_size is None:
-            order = None
-        else:
-            order = torch.randperm(x.shape[0], generator=generator).to(device)
-        total = 0.0
-        for start in range(0, x.shape[0], step):
-            idx = slice(None) if order is None else order[start:start + step]
-            xb, yb = x[idx], y[idx]
-            loss = loss_fn(layer(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(yb)
-        layer.eval()
-        record = {"epoch": epoch, "loss": total / x.shape[0],
-                  "train_acc": _accuracy(layer, x, y, 1 << 16)}
-        if xv is not None:
-            record["val_acc"] = _accuracy(layer, xv, yv, 1 << 16)
+    for record, layer in _probe_epochs(x, y, num_classes, options, val, progress):
         history.append(record)
-        acc = record["val_acc" if xv is not None else "train_acc"]
-        if acc > best_acc:
-            best_acc, best_epoch = acc, epoch
+        acc = record[key]
+        if acc > best_acc or (options.ties == "latest" and acc == best_acc):
+            best_acc, best_epoch = acc, record["epoch"]
             best_state = copy.deepcopy(layer.state_dict())
-        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{acc:.4f}", best=f"{best_acc:.4f}")
-    bar.close()
     layer.load_state_dict(best_state)
     layer.eval()
     return ProbeResult(layer=layer, history=tuple(history), best_epoch=best_epoch)
@@ -559,26 +622,6 @@ def _class_statistics(train: torch.Tensor, labels: torch.Tensor, relative: bool,
     return ids[kept], means[kept], shared, global_mean, global_cov
 
 
-@contextlib.contextmanager
-def one_cpu_thread(device: torch.device | str = "cpu"):
-    """Run the block on one torch CPU thread, then restore the previous setting.
-
-    Used where many small operations or a LAPACK call synchronise threads very often: on a
-    busy two-core machine one thread was 3 to 40 times faster than two for the eigensolver
-    (0.3 s against 1-16 s for D = 1024) and about 20 times faster for the linear probe's tiny
-    matrix products. Does nothing for a GPU ``device``.
-    """
-    if torch.device(device).type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _pinv(cov: torch.Tensor) -> torch.Tensor:
     """Pseudo-inverse of a symmetric positive semi-definite matrix.
 
@@ -669,10 +712,66 @@ def drop_degenerate_directions(train_feats: Any, *other_feats: Any, rtol: float 
     return tuple(rotated)
 
 
-def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
-                       relative: bool = False, chunk_size: int = 4096,
-                       covariance: str = "class_mean") -> Any:
-    """Mahalanobis (MD) or relative Mahalanobis (RMD) score of every test feature.
+def _check_covariance(covariance: Any) -> None:
+    if covariance not in ("class_mean", "pooled"):
+        raise ValueError(f"covariance must be 'class_mean' (the course's convention) or "
+                         f"'pooled' (class-size weighted), got {covariance!r}")
+
+
+@dataclass(frozen=True)
+class _MDFit:
+    """A fitted Mahalanobis model (float64, on the training device): the class means and the
+    test rows are taken relative to ``centre``; ``precision0`` is ``None`` for MD."""
+
+    classes: torch.Tensor
+    class_means: torch.Tensor
+    centre: torch.Tensor
+    means: torch.Tensor
+    precision: torch.Tensor
+    precision0: torch.Tensor | None
+
+
+def _md_fit(train: torch.Tensor, labels: torch.Tensor, relative: bool, pooled: bool) -> _MDFit:
+    """Kernel of :meth:`Mahalanobis.fit` on validated tensors (``labels`` int64, same device)."""
+    with torch.no_grad():
+        classes, means, shared, global_mean, global_cov = _class_statistics(
+            train, labels, relative, pooled=pooled)
+        # centring on a common point does not change any distance but helps the expansion
+        centre = means.mean(dim=0) if global_mean is None else global_mean
+        return _MDFit(classes=classes, class_means=means, centre=centre, means=means - centre,
+                      precision=_pinv(shared),
+                      precision0=_pinv(global_cov) if relative else None)
+
+
+def _md_score(fit: _MDFit, test: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Kernel of :meth:`Mahalanobis.score_samples`: float64 scores ``(M,)`` of validated rows."""
+    device = fit.means.device
+    with torch.no_grad():
+        if fit.precision0 is not None:
+            origin = torch.zeros(1, fit.means.shape[1], dtype=torch.float64, device=device)
+        out = torch.empty(test.shape[0], dtype=torch.float64, device=device)
+        for start in range(0, test.shape[0], chunk_size):
+            xt = test[start:start + chunk_size].to(device=device, dtype=torch.float64) - fit.centre
+            d2 = _squared_distances(xt, fit.means, fit.precision)
+            if fit.precision0 is not None:
+                d2 = d2 - _squared_distances(xt, origin, fit.precision0)
+            out[start:start + chunk_size] = -d2.min(dim=1).values
+    return out
+
+
+def _md_inputs(train_feats: Any, train_labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate the training features and labels of a Mahalanobis fit, once."""
+    device = _device_of(train_feats)
+    # keep float64 input exact; float32 is widened slice by slice, never as a whole
+    train = _feature_tensor(train_feats, "train_feats", device, dtype=None)
+    check_labels(train_labels, "train_labels", train.shape[0])
+    return train, to_tensor(train_labels, "train_labels").to(device=device, dtype=torch.int64)
+
+
+class Mahalanobis:
+    """Mahalanobis (MD) or relative Mahalanobis (RMD) scorer, fitted once, then scoring any
+    number of test sets (scikit-learn's convention: ``fit`` returns the estimator,
+    ``score_samples`` gives one score per row, ``score`` their mean).
 
     Each class ``c`` of the training set is modelled by a Gaussian with its mean ``mu_c`` and
     one covariance shared by all classes. By default (``covariance="class_mean"``, the
@@ -700,6 +799,105 @@ def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
 
     Parameters
     ----------
+    relative : bool, default False
+        RMD instead of MD.
+    covariance : {"class_mean", "pooled"}, default "class_mean"
+        The shared covariance estimator (see above).
+    chunk_size : int, default 4096
+        Test rows per block of the distance computation.
+
+    Attributes (after :meth:`fit`)
+    ------------------------------
+    classes_ : int64 tensor (C,), the class ids that got a Gaussian (classes with fewer than
+        two training samples are skipped with a warning naming them; they still count in
+        RMD's background Gaussian; if no class has two samples, ``ValueError``).
+    means_ : float64 tensor (C, D), the class means.
+    precision_ : float64 tensor (D, D), the pseudo-inverse of the shared covariance.
+    background_mean_, background_precision_ : the background Gaussian of RMD (``None`` for MD).
+    n_features_in_ : int, D.
+
+    Examples
+    --------
+    >>> md = Mahalanobis(relative=True).fit(train_feats, train_labels)
+    >>> score_in, score_out = md.score_samples(id_test_feats), md.score_samples(ood_test_feats)
+    """
+
+    def __init__(self, relative: bool = False, covariance: str = "class_mean",
+                 chunk_size: int = 4096):
+        self.relative = relative
+        self.covariance = covariance
+        self.chunk_size = chunk_size
+
+    def _check_params(self) -> None:
+        _check_covariance(self.covariance)
+        _positive_int(self.chunk_size, "chunk_size")
+
+    def _fit(self, train: torch.Tensor, labels: torch.Tensor) -> "Mahalanobis":
+        """:meth:`fit` on validated tensors (the kernel's entry for the package's wrappers)."""
+        self._fitted = _md_fit(train, labels, bool(self.relative), self.covariance == "pooled")
+        f = self._fitted
+        self.classes_ = f.classes
+        self.means_ = f.class_means
+        self.precision_ = f.precision
+        self.background_mean_ = f.centre if f.precision0 is not None else None
+        self.background_precision_ = f.precision0
+        self.n_features_in_ = int(train.shape[1])
+        return self
+
+    def fit(self, train_feats: Any, train_labels: Any) -> "Mahalanobis":
+        """Fit the class Gaussians (and RMD's background Gaussian) on the training set.
+
+        Parameters
+        ----------
+        train_feats : array or tensor, shape (N, D)
+        train_labels : integer array or tensor, shape (N,)
+            Class ids: real labels, pseudo-labels or cluster ids. Any integers will do,
+            including non-contiguous or negative ones.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        return self._fit(*_md_inputs(train_feats, train_labels))
+
+    def _score(self, test: torch.Tensor) -> torch.Tensor:
+        """:meth:`score_samples` on a validated tensor; float64 on the training device."""
+        return _md_score(self._fitted, test, int(self.chunk_size))
+
+    def score_samples(self, test_feats: Any) -> Any:
+        """MD or RMD score of every row of ``test_feats`` (M, D): same kind as ``test_feats``,
+        shape (M,), float64; higher = closer to some class = more in-distribution (MD scores
+        are <= 0)."""
+        if not hasattr(self, "_fitted"):
+            raise RuntimeError("this Mahalanobis scorer is not fitted yet; call "
+                               ".fit(train_feats, train_labels) first")
+        self._check_params()
+        test = _feature_tensor(test_feats, "test_feats", dtype=None)
+        _check_fitted_dim(test, self.n_features_in_)
+        return _back(self._score(test), test_feats)
+
+    def score(self, test_feats: Any) -> float:
+        """Mean of :meth:`score_samples` (scikit-learn's ``score``: one number per set)."""
+        return float(torch.as_tensor(self.score_samples(test_feats)).mean())
+
+    def __repr__(self) -> str:
+        return (f"Mahalanobis(relative={self.relative!r}, covariance={self.covariance!r}, "
+                f"chunk_size={self.chunk_size!r})")
+
+
+def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
+                       relative: bool = False, chunk_size: int = 4096,
+                       covariance: str = "class_mean") -> Any:
+    """Mahalanobis (MD) or relative Mahalanobis (RMD) score of every test feature.
+
+    A thin wrapper: ``Mahalanobis(relative, covariance, chunk_size).fit(train_feats,
+    train_labels).score_samples(test_feats)``, returned as the kind of ``train_feats``. See
+    :class:`Mahalanobis` for the formulas. To score several sets (ID and OOD test rows) from
+    one fit, use the class.
+
+    Parameters
+    ----------
     train_feats : array or tensor, shape (N, D)
     train_labels : integer array or tensor, shape (N,)
         Class ids: real labels, pseudo-labels or cluster ids. Any integers will do, including
@@ -712,43 +910,19 @@ def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
     chunk_size : int, default 4096
         Test rows per block of the distance computation.
     covariance : {"class_mean", "pooled"}, default "class_mean"
-        The shared covariance estimator (see above).
+        The shared covariance estimator (see :class:`Mahalanobis`).
 
     Returns
     -------
     scores : same kind as ``train_feats``, shape (M,), float64
         Higher = closer to some class = more in-distribution (MD scores are <= 0).
     """
-    if covariance not in ("class_mean", "pooled"):
-        raise ValueError(f"covariance must be 'class_mean' (the course's convention) or "
-                         f"'pooled' (class-size weighted), got {covariance!r}")
-    device = _device_of(train_feats)
-    # keep float64 input exact; float32 is widened slice by slice, never as a whole
-    train = _feature_tensor(train_feats, "train_feats", device, dtype=None)
-    check_labels(train_labels, "train_labels", train.shape[0])
-    labels = to_tensor(train_labels, "train_labels").to(device=device, dtype=torch.int64)
-    test = _feature_tensor(test_feats, "test_feats", device, dtype=None)
+    scorer = Mahalanobis(relative=relative, covariance=covariance, chunk_size=chunk_size)
+    scorer._check_params()
+    train, labels = _md_inputs(train_feats, train_labels)
+    test = _feature_tensor(test_feats, "test_feats", train.device, dtype=None)
     check_same_dim(train, test, "train_feats", "test_feats")
-    chunk_size = _positive_int(chunk_size, "chunk_size")
-
-    with torch.no_grad():
-        _, means, shared, global_mean, global_cov = _class_statistics(
-            train, labels, relative, pooled=covariance == "pooled")
-        # centring on a common point does not change any distance but helps the expansion
-        centre = means.mean(dim=0) if global_mean is None else global_mean
-        means = means - centre
-        precision = _pinv(shared)
-        if relative:
-            precision0 = _pinv(global_cov)
-            origin = torch.zeros(1, train.shape[1], dtype=torch.float64, device=device)
-        out = torch.empty(test.shape[0], dtype=torch.float64, device=device)
-        for start in range(0, test.shape[0], chunk_size):
-            xt = test[start:start + chunk_size].to(torch.float64) - centre
-            d2 = _squared_distances(xt, means, precision)
-            if relative:
-                d2 = d2 - _squared_distances(xt, origin, precision0)
-            out[start:start + chunk_size] = -d2.min(dim=1).values
-    return _back(out.clone(), train_feats)
+    return _back(scorer._fit(train, labels)._score(test).clone(), train_feats)
 
 
 #: The course's fixed k-means settings (notebook 06 states them): scikit-learn's ``KMeans``
@@ -759,19 +933,32 @@ def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
 KMEANS_SETTINGS = {"n_init": 1, "algorithm": "lloyd", "random_state": 0}
 
 
+def _kmeans_labels(train: torch.Tensor, n_clusters: int, seed: int, n_init: int):
+    """Kernel: ``(fitted KMeans, int64 cluster ids on train's device)`` of validated rows."""
+    from sklearn.cluster import KMeans
+
+    x = np.ascontiguousarray(train.detach().cpu().numpy(), dtype=np.float32)
+    kmeans = KMeans(n_clusters=n_clusters, random_state=seed, n_init=n_init,
+                    algorithm=KMEANS_SETTINGS["algorithm"]).fit(x)
+    labels = torch.from_numpy(kmeans.labels_.astype(np.int64)).to(train.device)
+    return kmeans, labels
+
+
 def kmeans_mahalanobis_scores(train_feats: Any, test_feats: Any, n_clusters: int,
                               relative: bool = False, seed: int = 0, n_init: int = 1,
                               return_kmeans: bool = False, covariance: str = "class_mean"):
     """SSD-style score, simplified as in the course's assignment: k-means clusters of the
-    training features play the classes of :func:`mahalanobis_scores`.
+    training features play the classes of :class:`Mahalanobis`.
 
     SSD (Sehwag et al. 2021) keeps one covariance per cluster; the course, like its
     assignment, shares one covariance over the clusters (by default the unweighted mean of
     the cluster covariances). scikit-learn's ``KMeans(n_clusters, random_state=seed,
     n_init=n_init, algorithm="lloyd")`` (k-means++ initialisation, :data:`KMEANS_SETTINGS`)
-    is fitted on the training features as float32; its cluster assignments are passed as
-    labels to :func:`mahalanobis_scores`. The class means are recomputed from those labels;
-    they equal the fitted cluster centres whenever k-means has converged.
+    is fitted on the training features as float32; its cluster assignments are the labels of
+    one :class:`Mahalanobis` fit, which scores ``test_feats``. The class means are recomputed
+    from those labels; they equal the fitted cluster centres whenever k-means has converged.
+    To score several sets from one clustering, pass ``return_kmeans=True`` once and fit
+    ``Mahalanobis().fit(train_feats, kmeans.labels_)``, or concatenate the sets.
 
     ``n_init=1`` (scikit-learn's own choice for k-means++) keeps k = 100 on 36,000 x 320
     features to a few seconds. The partition found depends on ``seed``: for k = 10 on the
@@ -792,29 +979,24 @@ def kmeans_mahalanobis_scores(train_feats: Any, test_feats: Any, n_clusters: int
     return_kmeans : bool, default False
         Also return the fitted ``KMeans`` object.
     covariance : {"class_mean", "pooled"}, default "class_mean"
-        Passed to :func:`mahalanobis_scores`.
+        The shared covariance estimator of :class:`Mahalanobis`.
 
     Returns
     -------
     scores : same kind as ``train_feats``, shape (M,), float64
     kmeans : sklearn.cluster.KMeans, only if ``return_kmeans``
     """
-    from sklearn.cluster import KMeans
-
-    check_array(train_feats, "train_feats", ndim=2)
-    check_array(test_feats, "test_feats", ndim=2)
-    check_same_dim(train_feats, test_feats, "train_feats", "test_feats")
+    device = _device_of(train_feats)
+    train = _feature_tensor(train_feats, "train_feats", device, dtype=None)
+    test = _feature_tensor(test_feats, "test_feats", device, dtype=None)
+    check_same_dim(train, test, "train_feats", "test_feats")
     n_clusters = _positive_int(n_clusters, "n_clusters")
     n_init = _positive_int(n_init, "n_init")
-    if not 2 <= n_clusters <= train_feats.shape[0]:
+    if not 2 <= n_clusters <= train.shape[0]:
         raise ValueError(f"n_clusters must be between 2 and the number of training samples "
-                         f"({train_feats.shape[0]}), got {n_clusters}")
-    x = np.ascontiguousarray(to_numpy(train_feats, "train_feats"), dtype=np.float32)
-    kmeans = KMeans(n_clusters=n_clusters, random_state=seed, n_init=n_init,
-                    algorithm=KMEANS_SETTINGS["algorithm"]).fit(x)
-    labels = kmeans.labels_.astype(np.int64)
-    if is_tensor(train_feats):
-        labels = torch.from_numpy(labels).to(train_feats.device)
-    scores = mahalanobis_scores(train_feats, labels, test_feats, relative=relative,
-                                covariance=covariance)
+                         f"({train.shape[0]}), got {n_clusters}")
+    scorer = Mahalanobis(relative=relative, covariance=covariance)
+    scorer._check_params()
+    kmeans, labels = _kmeans_labels(train, n_clusters, seed, n_init)
+    scores = _back(scorer._fit(train, labels)._score(test).clone(), train_feats)
     return (scores, kmeans) if return_kmeans else scores

@@ -171,3 +171,82 @@ def test_weights_are_hashed_once_per_process(monkeypatch):
         assert features.expected_meta("miniclip") == first
     assert len(hashed) == 1
     assert first["pretrained"].endswith(hashlib.sha256(models.MINICLIP_WEIGHTS.read_bytes()).hexdigest())
+
+
+def _count_scans(monkeypatch):
+    """Count every validation (``_arrays.check_array``, wherever it was imported) and every
+    NaN/inf scan (``torch.isfinite``) by the data it reads; returns the two counters."""
+    import collections
+    import sys
+
+    from ood_utils import _arrays
+
+    def key(x):
+        ptr = x.data_ptr() if isinstance(x, torch.Tensor) else x.__array_interface__["data"][0]
+        return ptr, tuple(x.shape)
+
+    checks, scans = collections.Counter(), collections.Counter()
+    real_check, real_isfinite = _arrays.check_array, torch.isfinite
+
+    def check_array(x, *args, **kwargs):
+        if hasattr(x, "shape"):
+            checks[key(x)] += 1
+        return real_check(x, *args, **kwargs)
+
+    def isfinite(x, *args, **kwargs):
+        scans[key(x)] += 1
+        return real_isfinite(x, *args, **kwargs)
+
+    for mod in [m for name, m in sys.modules.items() if name.startswith("ood_utils")]:
+        if getattr(mod, "check_array", None) is real_check:
+            monkeypatch.setattr(mod, "check_array", check_array)
+    monkeypatch.setattr(torch, "isfinite", isfinite)
+    return checks, scans
+
+
+def test_nothing_is_validated_twice_from_the_cache_to_an_auroc(small_profile, monkeypatch,
+                                                                 tmp_path):
+    """load_features -> (rotation) -> a scorer fitted once -> the metrics: every tensor on the
+    way is validated exactly once (at the public boundary it enters), and the cache read
+    itself scans nothing (its digest proves the values are those checked at extraction)."""
+    from ood_utils import metrics, results, scores
+
+    p, _, calls = small_profile
+    features.load_features(p, device="cpu", progress=False)  # extract and write
+    checks, scans = _count_scans(monkeypatch)
+    feats = features.load_features(p, device="cpu", progress=False)
+    assert calls == ["id_train", "id_test", "ood_test"]  # read from the cache
+    assert not checks and not scans, "reading the cache validated the features"
+    tr, te, oo = feats["id_train_feats"], feats["id_test_feats"], feats["ood_test_feats"]
+    y = feats["id_train_labels"] % 2  # two classes of 12 rows at least
+    monkeypatch.setenv("OOD_RESULTS_DIR", str(tmp_path / "results"))
+
+    def knn():  # one call for both sets (two calls would validate the training set twice)
+        both = torch.cat([te, oo])
+        s = scores.knn_scores(tr, both)
+        return metrics.ood_metrics(s[:N], s[N:]), [tr, both]
+
+    def mahalanobis():
+        rtr, rte, roo = scores.drop_degenerate_directions(tr, te, oo)
+        md = scores.Mahalanobis(relative=True).fit(rtr, y)
+        return metrics.ood_metrics(md.score_samples(rte), md.score_samples(roo)), [rtr, rte, y]
+
+    def kmeans_wrapper():
+        both = torch.cat([te, oo])
+        s = scores.kmeans_mahalanobis_scores(tr, both, 2, relative=True)
+        return results.record("kmeans10_rmd", s[:N], s[N:], profile="miniclip", quiet=True), \
+            [tr, both]
+
+    def md_wrapper():  # one call for both sets: one fit (two calls would fit twice)
+        both = torch.cat([te, oo])
+        s = scores.mahalanobis_scores(tr, y, both)
+        return metrics.auroc(s[:N], s[N:]), [tr, y, both]
+
+    for chain in (knn, mahalanobis, kmeans_wrapper, md_wrapper):
+        checks.clear()
+        scans.clear()
+        _, inputs = chain()
+        assert checks and max(checks.values()) == 1, (chain.__name__, checks)
+        assert max(scans.values()) == 1, (chain.__name__, scans)
+        for x in inputs:  # each was validated, once, where it entered
+            assert checks[(x.data_ptr(), tuple(x.shape))] == 1, chain.__name__

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,68 @@ def test_training_with_a_given_loss_uses_it_and_rejects_unusable_losses():
         train_miniclip(loss_fn=lambda u, v, s: plain(u, v, s).detach(), **kw)
     with pytest.raises(TypeError, match="scalar"):
         train_miniclip(loss_fn=lambda u, v, s: s * u @ v.T, **kw)
+
+
+# ----------------------------------------------------------------------------- zero-shot logits
+
+@pytest.fixture(scope="module")
+def random_miniclip():
+    from ood_utils.models import load_clip
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _, tokenizer = load_clip("miniclip", pretrained=None)
+    return model, tokenizer
+
+
+def _by_hand(model, tokenizer, images, prompts_per_class):
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        text = []
+        for prompts in prompts_per_class:
+            t = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+            text.append(torch.nn.functional.normalize(t.mean(dim=0), dim=-1))
+        return model.logit_scale.exp() * img @ torch.stack(text).T
+
+
+def test_zero_shot_logits_match_clip(random_miniclip):
+    model, tokenizer = random_miniclip
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    names = ["T-shirt/top", "Trouser", "Sandal"]
+    with torch.no_grad():
+        trunk = model.visual.trunk(images)
+    got = models.zero_shot_logits(model, tokenizer, trunk, names)
+    assert isinstance(got, torch.Tensor) and got.shape == (5, 3)
+    expected = _by_hand(model, tokenizer, images, [[n] for n in names])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    got_np = models.zero_shot_logits(model, tokenizer, trunk.numpy(), names)
+    assert isinstance(got_np, np.ndarray)
+    # the old name in the methods module (notebook 03 uses it) is the same function
+    from ood_utils import scores
+
+    assert scores.zero_shot_logits is models.zero_shot_logits
+
+
+def test_zero_shot_logits_template_ensemble(random_miniclip):
+    from ood_utils.models import PLP_TEMPLATES
+
+    model, tokenizer = random_miniclip
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    names = ["Coat", "Ankle boot"]
+    with torch.no_grad():
+        trunk = model.visual.trunk(images)
+    got = models.zero_shot_logits(model, tokenizer, trunk, names, templates=PLP_TEMPLATES)
+    expected = _by_hand(model, tokenizer, images,
+                        [[t.format(n) for t in PLP_TEMPLATES] for n in names])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_shot_logits_bad_input(random_miniclip):
+    model, tokenizer = random_miniclip
+    with pytest.raises(ValueError, match="class_names"):
+        models.zero_shot_logits(model, tokenizer, torch.zeros(2, 320), "Coat")
+    with pytest.raises(ValueError, match="columns"):
+        models.zero_shot_logits(model, tokenizer, torch.zeros(2, 100), ["Coat"])
+    with pytest.raises(ValueError, match="NaN"):
+        models.zero_shot_logits(model, tokenizer, torch.full((2, 320), float("nan")), ["Coat"])

@@ -1,4 +1,6 @@
 """Tests of ood_utils.scores against independent computations (scikit-learn, SciPy, by hand)."""
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -325,7 +327,7 @@ def test_probe_learns_separable_data(probe_data):
     acc = (scores.probe_logits(layer, xv).argmax(axis=1) == yv).mean()
     assert acc > 0.9  # chance is 1/3
     assert len(fit.history) == 10 and 1 <= fit.best_epoch <= 10
-    assert set(fit.history[0]) == {"epoch", "loss", "train_acc"}
+    assert set(fit.history[0]) == {"epoch", "loss", "train_acc", "forward_acc"}
 
 
 def _numpy_full_batch_adam(x, y, w, b, epochs, lr, betas=(0.9, 0.999), eps=1e-8):
@@ -391,10 +393,11 @@ def test_probe_keeps_best_validation_epoch(probe_data):
     # validation targets shifted by one class: the better the probe learns the training
     # targets, the worse its validation accuracy, so the first epoch must be kept
     wrong = (yv + 1) % 3
-    fit = scores.train_linear_probe(x, y, val_feats=xv, val_targets=wrong, epochs=6, lr=0.05)
+    fit = scores.train_linear_probe(x, y, validation=(xv, wrong), epochs=6, lr=0.05)
     accs = [h["val_acc"] for h in fit.history]
     assert fit.best_epoch == int(np.argmax(accs)) + 1 == 1
-    first = scores.train_linear_probe(x, y, val_feats=xv, val_targets=wrong, epochs=1, lr=0.05)
+    first = scores.train_linear_probe(x, y, scores.ProbeOptions(epochs=1, lr=0.05),
+                                      validation=(xv, wrong))
     assert torch.equal(fit.layer.weight, first.layer.weight)
     own = (scores.probe_logits(fit.layer, xv).argmax(axis=1) == wrong).mean()
     assert own == pytest.approx(accs[0])
@@ -402,8 +405,10 @@ def test_probe_keeps_best_validation_epoch(probe_data):
 
 def test_probe_hyperparameters_are_keyword_only_and_validated(probe_data):
     x, y, xv, yv = probe_data
-    with pytest.raises(TypeError):
-        scores.train_linear_probe(x, y, 5)  # epochs only by keyword
+    with pytest.raises(TypeError, match="ProbeOptions"):
+        scores.train_linear_probe(x, y, 5)  # epochs only by keyword or in the options
+    with pytest.raises(TypeError, match="unknown setting"):
+        scores.train_linear_probe(x, y, epoch=3)
     fit = scores.train_linear_probe(x, y, epochs=1, num_classes=5)
     assert fit.layer.out_features == 5
     with pytest.raises(ValueError, match="num_classes"):
@@ -412,8 +417,13 @@ def test_probe_hyperparameters_are_keyword_only_and_validated(probe_data):
         scores.train_linear_probe(x, y - 1, epochs=1)
     with pytest.raises(ValueError, match="integer"):
         scores.train_linear_probe(x, y.astype(float), epochs=1)
-    with pytest.raises(ValueError, match="together"):
-        scores.train_linear_probe(x, y, epochs=1, val_feats=xv)
+    with pytest.raises(ValueError, match="pair"):
+        scores.train_linear_probe(x, y, epochs=1, validation=xv)
+    for bad in ({"epochs": 0}, {"lr": float("nan")}, {"weight_decay": -1.0}, {"ties": "last"},
+                {"select": "val"}, {"optimizer": "rmsprop"}, {"dtype": torch.float16},
+                {"seed": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            scores.ProbeOptions(**bad)
     with pytest.raises(ValueError, match="lr"):
         scores.train_linear_probe(x, y, epochs=1, lr=-1.0)
     with pytest.raises(ValueError, match="columns"):
@@ -428,67 +438,6 @@ def test_probe_logits_kind_and_values(probe_data):
     assert isinstance(got, np.ndarray)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert isinstance(scores.probe_logits(layer, torch.from_numpy(x)), torch.Tensor)
-
-
-# ----------------------------------------------------------------------------- zero-shot
-
-@pytest.fixture(scope="module")
-def miniclip():
-    from ood_utils.models import load_clip
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, _, tokenizer = load_clip("miniclip", pretrained=None)
-    return model, tokenizer
-
-
-def _by_hand(model, tokenizer, images, prompts_per_class):
-    with torch.no_grad():
-        img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
-        text = []
-        for prompts in prompts_per_class:
-            t = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
-            text.append(torch.nn.functional.normalize(t.mean(dim=0), dim=-1))
-        return model.logit_scale.exp() * img @ torch.stack(text).T
-
-
-def test_zero_shot_logits_match_clip(miniclip):
-    model, tokenizer = miniclip
-    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    names = ["T-shirt/top", "Trouser", "Sandal"]
-    with torch.no_grad():
-        trunk = model.visual.trunk(images)
-    got = scores.zero_shot_logits(model, tokenizer, trunk, names)
-    assert isinstance(got, torch.Tensor) and got.shape == (5, 3)
-    expected = _by_hand(model, tokenizer, images, [[n] for n in names])
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    got_np = scores.zero_shot_logits(model, tokenizer, trunk.numpy(), names)
-    assert isinstance(got_np, np.ndarray)
-
-
-def test_zero_shot_logits_template_ensemble(miniclip):
-    from ood_utils.models import PLP_TEMPLATES
-
-    model, tokenizer = miniclip
-    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    names = ["Coat", "Ankle boot"]
-    with torch.no_grad():
-        trunk = model.visual.trunk(images)
-    got = scores.zero_shot_logits(model, tokenizer, trunk, names, templates=PLP_TEMPLATES)
-    expected = _by_hand(model, tokenizer, images,
-                        [[t.format(n) for t in PLP_TEMPLATES] for n in names])
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-
-
-def test_zero_shot_logits_bad_input(miniclip):
-    model, tokenizer = miniclip
-    with pytest.raises(ValueError, match="class_names"):
-        scores.zero_shot_logits(model, tokenizer, torch.zeros(2, 320), "Coat")
-    with pytest.raises(ValueError, match="columns"):
-        scores.zero_shot_logits(model, tokenizer, torch.zeros(2, 100), ["Coat"])
-    with pytest.raises(ValueError, match="NaN"):
-        scores.zero_shot_logits(model, tokenizer, torch.full((2, 320), float("nan")), ["Coat"])
 
 
 # ----------------------------------------------------------------------------- validation
@@ -538,9 +487,127 @@ def test_logit_validation():
 
 
 def test_one_cpu_thread_restores_the_setting_even_after_an_error():
+    from ood_utils._threads import one_cpu_thread
+
+    assert scores.one_cpu_thread is one_cpu_thread  # the old import of cac_experiment
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError):
-        with scores.one_cpu_thread():
+        with one_cpu_thread():
             assert torch.get_num_threads() == 1
             raise RuntimeError("boom")
     assert torch.get_num_threads() == before
+
+
+# ----------------------------------------------------------------------------- estimators
+
+@pytest.mark.parametrize("relative", [False, True])
+@pytest.mark.parametrize("covariance", ["class_mean", "pooled"])
+def test_mahalanobis_estimator_fits_once_and_scores_many_sets(relative, covariance):
+    rng = np.random.default_rng(60)
+    x, y = blobs(61, rng.normal(0, 3, (3, 5)), 0, 1.0, sizes=[40, 70, 25])
+    x[y == 2] *= 2.0
+    id_test, ood_test = rng.normal(0, 3, (9, 5)), rng.normal(4, 3, (6, 5))
+    md = scores.Mahalanobis(relative=relative, covariance=covariance)
+    assert md.fit(x, y) is md  # scikit-learn's convention
+    for test in (id_test, ood_test):
+        got = md.score_samples(test)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float64
+        if covariance == "class_mean":  # the direct, one-point-at-a-time computation
+            np.testing.assert_allclose(got, scipy_md(x, y, test, relative), rtol=1e-8, atol=1e-8)
+        np.testing.assert_array_equal(got, scores.mahalanobis_scores(
+            x, y, test, relative=relative, covariance=covariance))
+    assert md.score(id_test) == pytest.approx(md.score_samples(id_test).mean())
+    np.testing.assert_array_equal(md.classes_.numpy(), [0, 1, 2])
+    np.testing.assert_allclose(md.means_.numpy(), [x[y == c].mean(0) for c in range(3)])
+    assert (md.background_precision_ is None) == (not relative)
+    # torch in, torch out, as the test set's kind
+    t = md.score_samples(torch.from_numpy(ood_test))
+    assert isinstance(t, torch.Tensor)
+    np.testing.assert_array_equal(t.numpy(), md.score_samples(ood_test))
+
+
+def test_mahalanobis_estimator_errors():
+    x, y = blobs(62, np.array([[0.0, 0.0], [5.0, 5.0]]), 20, 1.0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        scores.Mahalanobis().score_samples(x)
+    md = scores.Mahalanobis().fit(x, y)
+    with pytest.raises(ValueError, match="test_feats has 3 columns but the scorer was fitted on 2"):
+        md.score_samples(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="test_feats contains NaN"):
+        md.score_samples(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="covariance"):
+        scores.Mahalanobis(covariance="weighted").fit(x, y)
+    with pytest.raises(ValueError, match="train_labels has 39 entries"):
+        scores.Mahalanobis().fit(x, y[:-1])
+
+
+def test_kmeans_wrapper_is_one_mahalanobis_fit_on_sklearn_clusters():
+    x = rng_feats(63, 300, 4, np.float64)
+    test = np.concatenate([rng_feats(64, 20, 4, np.float64), rng_feats(65, 15, 4, np.float64) + 2])
+    got, km = scores.kmeans_mahalanobis_scores(x, test, 5, relative=True, seed=3,
+                                               return_kmeans=True)
+    labels = KMeans(5, random_state=3, n_init=1).fit(x.astype(np.float32)).labels_
+    np.testing.assert_array_equal(km.labels_, labels)
+    np.testing.assert_allclose(got, scipy_md(x, labels, test, True), rtol=1e-6, atol=1e-8)
+    # the same as fitting the estimator on those clusters once
+    np.testing.assert_array_equal(
+        got, scores.Mahalanobis(relative=True).fit(x, km.labels_).score_samples(test))
+    with pytest.raises(ValueError, match="n_clusters must be between 2"):
+        scores.kmeans_mahalanobis_scores(x, test, 301)
+
+
+def _hand_probe(x, y, c, epochs, lr, seed, select, latest, dtype=torch.float32):
+    """The probe written out by hand (as a student would), one selection rule."""
+    x = torch.as_tensor(x).to(dtype)
+    y = torch.as_tensor(y)
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(x.shape[1], c).to(dtype)
+    opt = torch.optim.Adam(layer.parameters(), lr=lr)
+    best, state = -1.0, None
+    for _ in range(epochs):
+        logits = layer(x)
+        before = (logits.argmax(1) == y).double().mean().item()
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            after = (layer(x).argmax(1) == y).double().mean().item()
+        acc = before if select == "forward_acc" else after
+        if acc > best or (latest and acc == best):
+            best, state = acc, {k: v.clone() for k, v in layer.state_dict().items()}
+    return state
+
+
+@pytest.mark.parametrize("change", [{}, {"ties": "latest"}, {"select": "forward_acc"},
+                                    {"dtype": torch.float64}])
+def test_probe_options_match_a_hand_written_loop(change):
+    # a small problem whose accuracy plateaus, so that ties and the selection rule matter
+    rng = np.random.default_rng(70)
+    x = rng.normal(0, 1, (60, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * rng.normal(size=60) > 0).astype(np.int64)
+    opts = scores.ProbeOptions(epochs=25, lr=0.3, seed=2, **change)
+    fit = scores.train_linear_probe(x, y, opts, num_classes=2)
+    want = _hand_probe(x, y, 2, 25, 0.3, 2, opts.select, opts.ties == "latest", opts.dtype)
+    assert fit.layer.weight.dtype == opts.dtype
+    torch.testing.assert_close(fit.layer.weight.detach(), want["weight"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(fit.layer.bias.detach(), want["bias"], rtol=1e-6, atol=1e-7)
+
+
+def test_probe_selection_rules_differ_on_this_problem():
+    """The case above is not trivial: the rules pick different epochs there."""
+    rng = np.random.default_rng(70)
+    x = rng.normal(0, 1, (60, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * rng.normal(size=60) > 0).astype(np.int64)
+    picked = {scores.train_linear_probe(x, y, scores.ProbeOptions(
+        epochs=25, lr=0.3, seed=2, **change), num_classes=2).best_epoch
+        for change in ({}, {"ties": "latest"}, {"select": "forward_acc"})}
+    assert len(picked) >= 2
+
+
+def test_the_methods_know_no_profile_file_or_model():
+    code = ("import sys, ood_utils.scores, ood_utils.metrics; "
+            "bad = sorted(m for m in ('ood_utils.models', 'ood_utils.profiles', "
+            "'ood_utils.features', 'ood_utils.expected', 'ood_utils.plots', 'ood_utils._io') "
+            "if m in sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

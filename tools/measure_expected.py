@@ -49,32 +49,20 @@ PLP_VARIANTS = ("float64", "latest tie", "forward-pass accuracy")
 
 
 def plp_variant(x: torch.Tensor, y: torch.Tensor, c: int, variant: str, seed: int = 0):
-    """Notebook 04's probe written another correct way (see PLP_VARIANTS); returns the layer."""
-    import copy
+    """Notebook 04's probe written another correct way (see PLP_VARIANTS); returns the layer.
 
+    Trained by the package's one training loop (:func:`ood_utils.scores.train_linear_probe`)
+    with the variant's :class:`~ood_utils.scores.ProbeOptions`: float64 features and layer,
+    the latest of tied best epochs, or the accuracy of each epoch's own forward pass.
+    """
     from ood_utils import scores
+    from ood_utils._threads import one_cpu_thread
 
-    dtype = torch.float64 if variant == "float64" else torch.float32
-    x = x.to(dtype)
-    with scores.one_cpu_thread():
-        torch.manual_seed(seed)
-        layer = torch.nn.Linear(x.shape[1], c).to(dtype)
-        opt = torch.optim.Adam(layer.parameters(), lr=scores.PROBE_LR)
-        best, state = -1.0, None
-        for _ in range(scores.PROBE_EPOCHS):
-            logits = layer(x)
-            before = (logits.argmax(1) == y).double().mean().item()
-            loss = torch.nn.functional.cross_entropy(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                after = (layer(x).argmax(1) == y).double().mean().item()
-            acc = before if variant == "forward-pass accuracy" else after
-            if acc > best or (variant == "latest tie" and acc == best):
-                best, state = acc, copy.deepcopy(layer.state_dict())
-        layer.load_state_dict(state)
-    return layer.eval()
+    change = {"float64": {"dtype": torch.float64}, "latest tie": {"ties": "latest"},
+              "forward-pass accuracy": {"select": "forward_acc"}}[variant]
+    options = scores.ProbeOptions(seed=seed, **change)
+    with one_cpu_thread():
+        return scores.train_linear_probe(x, y, options, num_classes=c).layer
 
 
 def tolerance(values: list[float]) -> tuple[float, float, float]:
@@ -224,9 +212,9 @@ def main(argv=None) -> int:
     if "md" in args.only:
         for cid, rel in (("md", False), ("rmd", True)):
             if not done(cid, "deterministic"):
-                save(cid, "deterministic", metrics.auroc(
-                    scores.mahalanobis_scores(rtr, ytr, rte, relative=rel),
-                    scores.mahalanobis_scores(rtr, ytr, roo, relative=rel)))
+                md = scores.Mahalanobis(relative=rel).fit(rtr, ytr)  # one fit, two test sets
+                save(cid, "deterministic", metrics.auroc(md.score_samples(rte),
+                                                         md.score_samples(roo)))
     if "plp" in args.only:
         # correct ways of writing notebook 04's training other than the reference (seed 0):
         # float64 features, the latest best epoch on ties, and the accuracy of each epoch's
@@ -247,7 +235,6 @@ def main(argv=None) -> int:
         # threads) pair is one variant; run the script with --threads 1 and --threads 2.
         from sklearn.cluster import KMeans
 
-        both = torch.cat([rte, roo])
         threads = torch.get_num_threads()
         for k in (10, 50, 100):
             for dtype in (np.float32, np.float64):
@@ -257,9 +244,9 @@ def main(argv=None) -> int:
                 ids = KMeans(n_clusters=k, **scores.KMEANS_SETTINGS).fit(
                     rtr.numpy().astype(dtype)).labels_
                 for rel in (False, True):
-                    s = scores.mahalanobis_scores(rtr, ids, both, relative=rel)
+                    md = scores.Mahalanobis(relative=rel).fit(rtr, ids)
                     save(f"kmeans{k}_{'rmd' if rel else 'md'}", key,
-                         metrics.auroc(s[:len(te)], s[len(te):]))
+                         metrics.auroc(md.score_samples(rte), md.score_samples(roo)))
     for seed in args.seeds:
         key = f"seed {seed}"
         if "plp" in args.only and not done("plp_rmd", key):
@@ -267,10 +254,10 @@ def main(argv=None) -> int:
             save("plp", key, metrics.auroc(scores.msp_scores(probe["id_test"]),
                                            scores.msp_scores(probe["ood_test"])))
             for cid, rel in (("plp_md", False), ("plp_rmd", True)):
-                pair = [scores.mahalanobis_scores(probe["id_train"], probe["pseudo_id_train"],
-                                                  probe[s], relative=rel)
-                        for s in ("id_test", "ood_test")]
-                save(cid, key, metrics.auroc(*pair))
+                md = scores.Mahalanobis(relative=rel).fit(probe["id_train"],
+                                                          probe["pseudo_id_train"])
+                save(cid, key, metrics.auroc(md.score_samples(probe["id_test"]),
+                                             md.score_samples(probe["ood_test"])))
         if "cac" in args.only and not done("cac", key):
             measure_cac(profile, seed, key, save)
     if "cac" in args.only:
