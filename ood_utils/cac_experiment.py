@@ -502,8 +502,8 @@ def train_cac_whole(model: nn.Module, loader: Iterable, epochs: int, lr: float,
 def train_open_set(data: CACData, *, seed: int = 0, profile: str | Profile | None = None,
                    train_fn: Callable | None = None, loss_fn: Callable | None = None,
                    anchors: torch.Tensor | None = None, distance_fn: Callable | None = None,
-                   baseline: dict | None = None, lambda_: float | None = None
-                   ) -> tuple[CACModel, list[float]]:
+                   baseline: dict | None = None, lambda_: float | None = None,
+                   device: str | torch.device = "cpu") -> tuple[CACModel, list[float]]:
     """Notebook 07's CAC network, trained end to end: ``(model, per-epoch losses)``.
 
     ``torch.manual_seed(seed)``; a :func:`new_cnn` (from the baseline's weights ``baseline``
@@ -512,7 +512,9 @@ def train_open_set(data: CACData, *, seed: int = 0, profile: str | Profile | Non
     ``distance_fn``; then ``train_fn(model, loader, epochs, lr, lambda_)`` on the same images
     and for as many epochs as the baseline, on one CPU thread (reproducible bit for bit).
     ``train_fn`` defaults to :func:`train_cac_whole` with ``loss_fn``; a notebook passes its
-    own loop (which calls its own loss). ``lambda_`` overrides the profile's.
+    own loop (which calls its own loss). ``lambda_`` overrides the profile's. ``device``
+    decides where the training runs (a GPU for the ``clip`` profile's full MNIST; results may
+    differ slightly from the CPU's); the model is returned on the CPU, in evaluation mode.
     """
     p = get_profile(profile)
     cfg = training_settings(p)
@@ -527,11 +529,13 @@ def train_open_set(data: CACData, *, seed: int = 0, profile: str | Profile | Non
         cnn.load_state_dict(baseline["state"])
     model = CACModel(cnn, data.num_classes, alpha=cfg["alpha"], anchors=anchors,
                      distance_fn=distance_fn)
-    loader = TensorBatches(x, y, batch_size=cfg["batch_size"])
+    model = model.to(device)
+    loader = TensorBatches(x.to(device), y.to(device), batch_size=cfg["batch_size"])
     if train_fn is None:
         train_fn = lambda m, ld, e, lr, lm: train_cac_whole(m, ld, e, lr, lm, loss_fn)  # noqa: E731
-    with one_cpu_thread():
+    with one_cpu_thread(device):
         history = train_fn(model, loader, cfg["epochs"], cfg["lr"], lam)
+    model = model.cpu().eval()
     if history is None:
         raise ValueError("the training function returned None: return the list of the mean "
                          "loss of every epoch")
