@@ -7,13 +7,13 @@ module is the plumbing around it, sized for a laptop CPU:
   ``miniclip`` six known Fashion-MNIST classes against the four others; on ``clip`` MNIST (ten
   known digits) against 500 grayscale CIFAR-10 test images, as in the CAC project notebook
   (seed 004).
-* :func:`baseline_features`: trains a :class:`SmallCNN` with cross-entropy and caches it with
-  its convolutional features (:func:`ood_utils.features.cached`).
-* :func:`cac_on_features`: trains the baseline's dense layers plus the CAC layer with the CAC
-  loss on those fixed features (seconds, one CPU thread, float64, seeded: deterministic).
-
-End-to-end CAC training of a whole network is :func:`train_cac` on
-``cac.CACModel(SmallCNN(N), N)``.
+* :func:`train_baseline`: trains a :class:`SmallCNN` with cross-entropy and caches it with
+  its logits on every split (:func:`ood_utils.features.cached`).
+* :func:`train_open_set`: the CAC network (the same CNN plus the CAC layer) trained end to end
+  with the CAC loss, on the same images, for as many epochs, seeded, on one CPU thread
+  (reproducible bit for bit); the notebook passes its own training loop, loss, anchors and
+  distance layer. :func:`train_cac_whole` is the reference of that loop.
+* :func:`threshold_sweep`: the reference of the notebook's threshold sweep.
 """
 from __future__ import annotations
 
@@ -40,33 +40,39 @@ from .scores import one_cpu_thread
 class SmallCNN(nn.Module):
     """A small convolutional classifier for 28 x 28 single-channel images.
 
-    Three 5 x 5 convolutions with 32, 32 and 64 filters (ReLU after each; 2 x 2 average
-    pooling after the second and the third; dropout after each), then a 256-unit hidden layer
-    and a linear output layer. Spatial sizes: 28 -> 24 -> 20 -> 10 -> 6 -> 3.
+    Three 5 x 5 convolutions (by default 32, 32 and 64 filters, as the CAC project notebook;
+    ReLU after each; 2 x 2 average pooling after the second and the third; dropout after each),
+    then a 256-unit hidden layer and a linear output layer. Spatial sizes:
+    28 -> 24 -> 20 -> 10 -> 6 -> 3.
 
     Parameters
     ----------
     num_classes : size of the output (one logit per known class).
     in_channels : image channels (1 for grayscale).
     dropout : dropout probability used throughout.
+    channels : filters of the three convolutions (``profile.cac_cnn_channels``).
 
     ``forward(x)`` maps ``(B, in_channels, 28, 28)`` to logits ``(B, num_classes)``.
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 1, dropout: float = 0.5):
+    def __init__(self, num_classes: int, *, in_channels: int = 1, dropout: float = 0.5,
+                 channels: tuple[int, int, int] = (32, 32, 64)):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if len(channels) != 3 or min(channels) < 1:
+            raise ValueError(f"channels must be three positive filter counts, got {channels}")
         self.num_classes = int(num_classes)
         self.in_channels = int(in_channels)
+        c1, c2, c3 = (int(c) for c in channels)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, kernel_size=5), nn.ReLU(), nn.Dropout(dropout),
-            nn.Conv2d(32, 32, kernel_size=5), nn.AvgPool2d(2), nn.ReLU(), nn.Dropout(dropout),
-            nn.Conv2d(32, 64, kernel_size=5), nn.AvgPool2d(2), nn.ReLU(), nn.Dropout(dropout),
+            nn.Conv2d(in_channels, c1, kernel_size=5), nn.ReLU(), nn.Dropout(dropout),
+            nn.Conv2d(c1, c2, kernel_size=5), nn.AvgPool2d(2), nn.ReLU(), nn.Dropout(dropout),
+            nn.Conv2d(c2, c3, kernel_size=5), nn.AvgPool2d(2), nn.ReLU(), nn.Dropout(dropout),
             nn.Flatten(),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(64 * 3 * 3, 256), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(c3 * 3 * 3, 256), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(256, num_classes),
         )
         # channels-last convolutions are about 1.5x faster on CPUs (oneDNN)
@@ -204,6 +210,8 @@ class CACData:
     ``train_*``: known classes for training; ``val_*``: known classes held out from the
     training split (for choosing the threshold); ``test_*``: known classes of the test split;
     ``unknown_*``: unknown test images (labels are the original class ids, for display).
+    ``far_x``: a second, far set of unknown images (``profile.cac_far_unknown``, e.g. the
+    handwritten digits that scikit-learn ships), or ``None``; ``far_source`` names it.
     Known labels are ``0..len(known_names)-1``; ``unknown_classes`` maps an original unknown
     class id to its name.
     """
@@ -222,6 +230,8 @@ class CACData:
     std: float
     source: str = ""
     unknown_classes: dict = field(default_factory=dict)
+    far_x: torch.Tensor | None = None
+    far_source: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -264,6 +274,24 @@ def _to_gray28(images_uint8: np.ndarray) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
+#: Second unknown sets (``profile.cac_far_unknown``) that need no download.
+FAR_UNKNOWN = ("sklearn-digits",)
+
+
+def sklearn_digits_images() -> torch.Tensor:
+    """scikit-learn's 1,797 handwritten digits (8 x 8, shipped with the package) as 28 x 28.
+
+    Pixel values 0..16 are scaled to ``[0, 1]``, the 8 x 8 image is resized to 20 x 20
+    (bilinear) and padded with 4 black pixels on every side, as MNIST centres its digits in a
+    20 x 20 box of a 28 x 28 image. Returns float ``(1797, 1, 28, 28)`` in ``[0, 1]``.
+    """
+    from sklearn.datasets import load_digits
+
+    x = torch.from_numpy(load_digits().images.astype(np.float32) / 16.0).unsqueeze(1)
+    x = F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
+    return F.pad(x, (4, 4, 4, 4)).clamp(0, 1)
+
+
 def cac_datasets(profile: str | Profile | None = None, *, val_fraction: float = 0.1,
                  seed: int = 0) -> CACData:
     """Images of the open-set experiment of ``profile``, as its ``cac_*`` fields say.
@@ -274,6 +302,8 @@ def cac_datasets(profile: str | Profile | None = None, *, val_fraction: float = 
     ``profile.cac_unknown_limit`` seeded random images are kept; colour images are turned
     grayscale and resized to 28 x 28. MNIST and CIFAR-10 need the torchvision downloads;
     offline they raise :class:`ood_utils.data.DataMissingError`.
+
+    ``profile.cac_far_unknown`` adds a second unknown set (``far_x``, see :class:`CACData`).
 
     A seeded ``val_fraction`` of the known training images is held out as ``val_*``. All
     images are normalised with the mean and standard deviation of the known training pixels.
@@ -314,13 +344,21 @@ def cac_datasets(profile: str | Profile | None = None, *, val_fraction: float = 
     train_x, train_y, val_x, val_y = _split_val(train_x, train_y, val_fraction, seed)
     mean, std = float(train_x.mean()), float(train_x.std())
     norm = lambda x: (x - mean) / std  # noqa: E731
+    far_x, far_source = None, ""
+    if p.cac_far_unknown:
+        if p.cac_far_unknown not in FAR_UNKNOWN:
+            raise ValueError(f"profile {p.name}: cac_far_unknown={p.cac_far_unknown!r} is not "
+                             f"one of {FAR_UNKNOWN}")
+        far_x = norm(sklearn_digits_images())
+        far_source = f"{len(far_x)} handwritten digits of scikit-learn, 8 x 8 resized to 28 x 28"
     return CACData(
         train_x=norm(train_x), train_y=train_y, val_x=norm(val_x), val_y=val_y,
         test_x=norm(test_x), test_y=torch.as_tensor(np.asarray(test_y, dtype=np.int64)),
         unknown_x=norm(unknown_x), unknown_y=torch.as_tensor(np.asarray(unknown_y, np.int64)),
         known_names=tuple(names_k[c] for c in known_ids),
         unknown_names=tuple(unknown_classes.values()),
-        mean=mean, std=std, source=source, unknown_classes=unknown_classes)
+        mean=mean, std=std, source=source, unknown_classes=unknown_classes, far_x=far_x,
+        far_source=far_source)
 
 
 def balanced_subset(labels: torch.Tensor, per_class: int, *, seed: int = 0) -> torch.Tensor:
@@ -336,117 +374,196 @@ def balanced_subset(labels: torch.Tensor, per_class: int, *, seed: int = 0) -> t
 
 
 # --------------------------------------------------------------------------------------------
-# The notebook's pipeline: a cached baseline, then CAC on the baseline's convolutional features
+# The notebook's pipeline: a cached cross-entropy baseline and the CAC network, trained alike
 # --------------------------------------------------------------------------------------------
-#: Optimiser settings of the baseline (the per-profile ones are ``profile.cac_baseline_*``).
+#: Optimiser settings shared by the baseline and the CAC network (the per-profile ones are
+#: ``profile.cac_*``): Adam, learning rate 1e-3, batches of 128, as the CAC project notebook.
 BASELINE_LR = 1e-3
 BASELINE_BATCH_SIZE = 128
-#: Settings of the CAC stage (dense layers + anchor layer, on frozen convolutional features).
-#: Chosen so that the result is deterministic and barely depends on the seed: float64, no
-#: dropout, the N x N layer starting as the identity (z = the baseline's logits), a learning
-#: rate of 1e-3 decaying linearly to 0. Measured on miniclip (one thread, baseline seed 0):
-#: AUROC spread 0.40 over CAC seeds 0-4, against 1.08 with lr 3e-3 and 2.8 (baseline and CAC
-#: seeds together) with dropout, a random start and a constant rate of 3e-3.
-CAC_SETTINGS = {"epochs": 10, "lr": 1e-3, "batch_size": 256, "alpha": DEFAULT_ALPHA,
-                "lambda_": DEFAULT_LAMBDA, "dtype": torch.float64, "dropout": 0.0,
-                "identity_start": True, "lr_decay": True}
 
 
-def baseline_features(data: CACData, *, seed: int = 0, profile: str | Profile | None = None,
-                      progress: bool = True, device: str | torch.device = "cpu"
-                      ) -> dict[str, Any]:
-    """Train (or load from the cache) the cross-entropy baseline and its convolutional features.
+def training_settings(profile: str | Profile | None = None) -> dict[str, Any]:
+    """The settings of notebook 07's two trainings for ``profile`` (from its ``cac_*`` fields).
 
-    A :class:`SmallCNN` is trained with :func:`train_classifier` on a seeded, class-balanced
-    subset of ``data.train_*`` (``profile.cac_baseline_per_class`` images per class, for
-    ``profile.cac_baseline_epochs`` epochs) and then run once over every split. The result is
-    cached with :func:`ood_utils.features.cached` under ``cac_baseline_seed<seed>``, keyed by
-    the settings, so a second run takes a second. On the CPU the training runs on one thread,
-    so that it is reproducible bit for bit whatever the machine's number of cores; ``device``
-    only decides where the training runs (GPU results may differ slightly); everything
-    returned is on the CPU.
-
-    Returns a dict of tensors: ``state`` (the CNN's ``state_dict``), ``train_feats`` /
-    ``train_y`` (the subset actually used), ``val_feats``, ``test_feats``, ``unknown_feats``
-    (float32 ``(n, 576)`` outputs of ``cnn.features``) and ``val_logits``, ``test_logits``,
-    ``unknown_logits`` (``(n, num_classes)``).
+    ``per_class`` (training images per known class, ``None``: all), ``epochs`` (of each
+    network), ``lr``, ``batch_size``, ``channels`` and ``dropout`` of :class:`SmallCNN`,
+    ``lambda_`` and ``alpha`` of the CAC loss and anchors, and ``init_from_baseline`` (the CAC
+    network starts from the baseline's weights, as in the CAC project notebook, instead of
+    from the same random initialisation as the baseline).
     """
     p = get_profile(profile)
-    cfg = {"per_class": p.cac_baseline_per_class, "epochs": p.cac_baseline_epochs,
-           "lr": BASELINE_LR, "batch_size": BASELINE_BATCH_SIZE}
+    return {"per_class": p.cac_baseline_per_class, "epochs": p.cac_baseline_epochs,
+            "lr": BASELINE_LR, "batch_size": BASELINE_BATCH_SIZE,
+            "channels": tuple(p.cac_cnn_channels), "dropout": p.cac_dropout,
+            "lambda_": DEFAULT_LAMBDA, "alpha": DEFAULT_ALPHA,
+            "init_from_baseline": p.cac_init_from_baseline}
+
+
+def training_subset(data: CACData, profile: str | Profile | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The known training images both networks learn from (a seeded, class-balanced subset)."""
+    per_class = training_settings(profile)["per_class"]
+    if per_class is None:
+        return data.train_x, data.train_y
+    idx = balanced_subset(data.train_y, per_class, seed=0)
+    return data.train_x[idx], data.train_y[idx]
+
+
+def new_cnn(num_classes: int, profile: str | Profile | None = None) -> SmallCNN:
+    """A freshly initialised :class:`SmallCNN` with the profile's widths and dropout."""
+    cfg = training_settings(profile)
+    return SmallCNN(num_classes, channels=cfg["channels"], dropout=cfg["dropout"])
+
+
+def train_baseline(data: CACData, *, seed: int = 0, profile: str | Profile | None = None,
+                   progress: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train (or load from the cache) the cross-entropy baseline and its logits on every split.
+
+    ``torch.manual_seed(seed)``, then a :func:`new_cnn` is trained with
+    :func:`train_classifier` on :func:`training_subset` (``epochs`` of
+    :func:`training_settings`). The result is cached with :func:`ood_utils.features.cached`
+    under ``cac_baseline_seed<seed>``, keyed by the settings, so a second run takes a second.
+    On the CPU the training runs on one thread, so that it is reproducible bit for bit whatever
+    the machine's number of cores; ``device`` only decides where the training runs (GPU
+    results may differ slightly); everything returned is on the CPU.
+
+    Returns a dict of tensors: ``state`` (the CNN's ``state_dict``) and ``val_logits``,
+    ``test_logits``, ``unknown_logits`` (and ``far_logits`` when ``data.far_x`` is set),
+    each ``(n, num_classes)``.
+    """
+    p = get_profile(profile)
+    cfg = training_settings(p)
 
     def compute() -> dict:
-        if cfg["per_class"] is None:
-            idx = torch.arange(len(data.train_y))
-        else:
-            idx = balanced_subset(data.train_y, cfg["per_class"], seed=0)
-        x, y = data.train_x[idx], data.train_y[idx]
+        x, y = training_subset(data, p)
         torch.manual_seed(seed)
-        cnn = SmallCNN(data.num_classes).to(device)
+        cnn = new_cnn(data.num_classes, p).to(device)
         with one_cpu_thread(device):  # the result must not depend on the number of cores
             train_classifier(cnn, TensorBatches(x, y, batch_size=cfg["batch_size"]),
                              epochs=cfg["epochs"], lr=cfg["lr"], seed=seed, progress=progress)
-        out: dict[str, Any] = {"state": {k: v.cpu().clone() for k, v in cnn.state_dict().items()},
-                               "train_y": y.clone()}
-        splits = {"train": x, "val": data.val_x, "test": data.test_x, "unknown": data.unknown_x}
-        for name, images in tqdm(splits.items(), desc="baseline features", disable=not progress,
-                                 leave=False):
-            feats = batched_forward(cnn.features, images)
-            out[f"{name}_feats"] = feats
-            if name != "train":
-                out[f"{name}_logits"] = batched_forward(cnn.classifier, feats)
+            out: dict[str, Any] = {"state": {k: v.cpu().clone()
+                                             for k, v in cnn.state_dict().items()}}
+            for name, images in split_images(data).items():
+                out[f"{name}_logits"] = batched_forward(cnn, images)
         return out
 
-    meta = {"kind": "cac baseline", "version": 2, "threads": 1, "seed": seed, "source": data.source,
-            "n_train": len(data.train_y), "n_val": len(data.val_y), **cfg}
+    meta = {"kind": "cac baseline", "version": 3, "threads": 1, "seed": seed,
+            "source": data.source, "far": data.far_source, "n_train": len(data.train_y),
+            "n_val": len(data.val_y), **{k: (list(v) if isinstance(v, tuple) else v)
+                                         for k, v in cfg.items()}}
     return cached(f"cac_baseline_seed{seed}", compute, p, meta)
 
 
-def load_baseline(blob: dict, num_classes: int) -> SmallCNN:
-    """The baseline :class:`SmallCNN` (eval mode) from :func:`baseline_features`'s ``state``."""
-    cnn = SmallCNN(num_classes)
+def load_baseline(blob: dict, num_classes: int, profile: str | Profile | None = None
+                  ) -> SmallCNN:
+    """The baseline :class:`SmallCNN` (eval mode) from :func:`train_baseline`'s ``state``."""
+    cnn = new_cnn(num_classes, profile)
     cnn.load_state_dict(blob["state"])
     return cnn.eval()
 
 
-def cac_on_features(blob: dict, num_classes: int, *, seed: int = 0,
-                    loss_fn: Callable | None = None, anchors: torch.Tensor | None = None,
-                    distance_fn: Callable | None = None, settings: dict | None = None,
-                    progress: bool = True) -> tuple[CACModel, list[float]]:
-    """CAC training of the baseline's dense layers plus the anchor layer, on cached features.
+def split_images(data: CACData) -> dict[str, torch.Tensor]:
+    """``{"val", "test", "unknown"[, "far"]}`` -> images: every split the notebook scores."""
+    out = {"val": data.val_x, "test": data.test_x, "unknown": data.unknown_x}
+    if data.far_x is not None:
+        out["far"] = data.far_x
+    return out
 
-    The convolutional part of the baseline stays fixed (its outputs are ``blob["*_feats"]``);
-    a copy of its dense classifier, followed by the ``N x N`` layer and the anchors, is trained
-    with :func:`train_cac`. ``loss_fn``, ``anchors`` and ``distance_fn`` default to the
-    reference (:func:`ood_utils.cac.cac_loss`, :func:`ood_utils.cac.class_anchors`,
-    :func:`ood_utils.cac.anchor_distances`); a notebook passes its own. ``settings`` overrides
-    entries of :data:`CAC_SETTINGS`. Returns the :class:`ood_utils.cac.CACModel` (whose
-    ``cnn`` is the dense head: feed it features, not images) and the per-epoch losses.
 
-    Randomness: the start of the ``N x N`` layer (unless ``identity_start``), the batch order
-    and dropout (off by default) draw from torch's generator seeded with ``seed``. The layers
-    are small, so this runs on one CPU thread in float64: the result does not depend on the
-    machine's thread count, and correct implementations of the loss that differ only in
-    rounding give the same numbers to the printed digits.
+def train_cac_whole(model: nn.Module, loader: Iterable, epochs: int, lr: float,
+                    lambda_: float, loss_fn: Callable | None = None) -> list[float]:
+    """The reference of notebook 07's training-loop exercise: the whole ``model``, CAC loss, Adam.
+
+    One Adam optimiser over every parameter of ``model`` (learning rate ``lr``), the model in
+    training mode; per batch: ``zero_grad``, distances ``model(x)``,
+    ``loss_fn(distances, y, lambda_=lambda_)`` (default :func:`ood_utils.cac.cac_loss`),
+    ``backward``, ``step``. Returns the mean loss of every epoch (weighted by batch size) and
+    leaves the model in evaluation mode. It draws no random numbers of its own: the batch
+    order and dropout come from torch's global generator, seeded by the caller.
     """
-    cfg = dict(CAC_SETTINGS, **(settings or {}))
-    unknown = set(cfg) - set(CAC_SETTINGS)
-    if unknown:
-        raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(CAC_SETTINGS)}")
-    head = load_baseline(blob, num_classes).classifier
-    for layer in head:
-        if isinstance(layer, nn.Dropout):
-            layer.p = float(cfg["dropout"])
+    fn = loss_fn or cac_loss
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    history = []
+    model.train()
+    for _ in range(int(epochs)):
+        total, count = 0.0, 0
+        for x, y in loader:
+            optimiser.zero_grad()
+            loss = fn(model(x), y, lambda_=lambda_)
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(y)
+            count += len(y)
+        history.append(total / max(count, 1))
+    model.eval()
+    return history
+
+
+def train_open_set(data: CACData, *, seed: int = 0, profile: str | Profile | None = None,
+                   train_fn: Callable | None = None, loss_fn: Callable | None = None,
+                   anchors: torch.Tensor | None = None, distance_fn: Callable | None = None,
+                   baseline: dict | None = None, lambda_: float | None = None,
+                   device: str | torch.device = "cpu") -> tuple[CACModel, list[float]]:
+    """Notebook 07's CAC network, trained end to end: ``(model, per-epoch losses)``.
+
+    ``torch.manual_seed(seed)``; a :func:`new_cnn` (from the baseline's weights ``baseline``
+    when the profile's ``init_from_baseline`` is set, otherwise initialised exactly like the
+    baseline), wrapped in :class:`ood_utils.cac.CACModel` with ``anchors`` and
+    ``distance_fn``; then ``train_fn(model, loader, epochs, lr, lambda_)`` on the same images
+    and for as many epochs as the baseline, on one CPU thread (reproducible bit for bit).
+    ``train_fn`` defaults to :func:`train_cac_whole` with ``loss_fn``; a notebook passes its
+    own loop (which calls its own loss). ``lambda_`` overrides the profile's. ``device``
+    decides where the training runs (a GPU for the ``clip`` profile's full MNIST; results may
+    differ slightly from the CPU's); the model is returned on the CPU, in evaluation mode.
+    """
+    p = get_profile(profile)
+    cfg = training_settings(p)
+    lam = cfg["lambda_"] if lambda_ is None else float(lambda_)
+    x, y = training_subset(data, p)
     torch.manual_seed(seed)
-    model = CACModel(head, num_classes, alpha=cfg["alpha"], anchors=anchors,
-                     distance_fn=distance_fn).to(cfg["dtype"])
-    if cfg["identity_start"]:
-        with torch.no_grad():
-            model.to_anchor_space.weight.copy_(torch.eye(num_classes))
-            model.to_anchor_space.bias.zero_()
-    loader = TensorBatches(blob["train_feats"], blob["train_y"], batch_size=cfg["batch_size"])
+    cnn = new_cnn(data.num_classes, p)
+    if cfg["init_from_baseline"]:
+        if baseline is None:
+            raise ValueError(f"profile {p.name} starts CAC from the baseline's weights: pass "
+                             "baseline=train_baseline(...)")
+        cnn.load_state_dict(baseline["state"])
+    model = CACModel(cnn, data.num_classes, alpha=cfg["alpha"], anchors=anchors,
+                     distance_fn=distance_fn)
+    model = model.to(device)
+    loader = TensorBatches(x.to(device), y.to(device), batch_size=cfg["batch_size"])
+    if train_fn is None:
+        train_fn = lambda m, ld, e, lr, lm: train_cac_whole(m, ld, e, lr, lm, loss_fn)  # noqa: E731
+    with one_cpu_thread(device):
+        history = train_fn(model, loader, cfg["epochs"], cfg["lr"], lam)
+    model = model.cpu().eval()
+    if history is None:
+        raise ValueError("the training function returned None: return the list of the mean "
+                         "loss of every epoch")
+    return model, [float(v) for v in history]
+
+
+def open_set_distances(model: nn.Module, data: CACData) -> dict[str, torch.Tensor]:
+    """Distances of every split (:func:`split_images`) to the anchors, in eval mode, one thread."""
     with one_cpu_thread():
-        history = train_cac(model, loader, epochs=cfg["epochs"], lr=cfg["lr"], seed=seed,
-                            lambda_=cfg["lambda_"], loss_fn=loss_fn, lr_decay=cfg["lr_decay"],
-                            progress=progress)
-    return model, history
+        return {name: batched_forward(model, images) for name, images in split_images(data).items()}
+
+
+def threshold_sweep(dist_val: Any, dist_test: Any, dist_unknown: Any,
+                    tprs: Iterable[float]) -> dict[str, np.ndarray]:
+    """Reference of notebook 07's sweep: for every target share of accepted known images.
+
+    For each ``tpr`` in ``tprs`` the threshold on :func:`ood_utils.cac.cac_known_scores` is
+    chosen on ``dist_val`` (:func:`ood_utils.metrics.threshold_at_tpr`); the returned arrays
+    give, in percent, the known test images accepted and the unknown test images rejected.
+    """
+    from .cac import cac_known_scores, known_unknown_confusion
+    from .metrics import threshold_at_tpr
+
+    s_val, s_known, s_unknown = (cac_known_scores(torch.as_tensor(d))
+                                 for d in (dist_val, dist_test, dist_unknown))
+    accepted, rejected = [], []
+    for tpr in tprs:
+        _, k, u = known_unknown_confusion(s_known, s_unknown, threshold_at_tpr(s_val, tpr=tpr))
+        accepted.append(k)
+        rejected.append(u)
+    return {"known_accepted": np.array(accepted), "unknown_rejected": np.array(rejected)}

@@ -211,27 +211,25 @@ EXPECTED: dict[str, dict[str, Expected]] = {
         "kmeans100_rmd": Expected(6.51, 0.56,
             "measured 2026-11-30, fixed seed 0 (float32 input: 6.568, float64 input: 6.446; "
             "1 and 2 threads identical; spread 0.122)"),
-        # Notebook 07: the baseline CNN (seed 0, as in the notebook; trained on one thread and
-        # cached), then the CAC stage on its frozen convolutional features (float64, one
-        # thread, identity start, no dropout, lr 1e-3 decaying to 0; only the batch order is
-        # random). Measured 2026-11-30 with `tools/measure_expected.py --only cac --threads 1`:
-        # the reference with CAC-stage seeds 0-4, and at seed 0 three combinations of the
-        # answer key's correct variants (tests/answer_key/test_cac.py: NumPy/seed-style/loop
-        # anchors; cdist/torch.norm/expanded-square distances; one-hot-mask log(1 + sum exp),
-        # cross-entropy form and the paper's gather form of the loss), which give the seed-0
-        # numbers to the printed digits. value = mean over all 8 runs, tol = max(0.1,
-        # 3 * spread) for the AUROC and for each extra (closed-set accuracy and the rates under
-        # the 95 % rule). Before the randomness was fixed (dropout, random start, lr 3e-3,
-        # baseline seed = CAC seed, two threads) the AUROC was 75.91 +/- 8.33.
-        "cac": Expected(74.93, 1.19,
-            "measured 2026-11-30, 8 runs (seed 0: 74.845, seed 1: 75.242, seed 2: 75.050, "
-            "seed 3: 74.877, seed 4: 74.924, mask-cdist-numpy seed 0: 74.845, ce-seed-style "
-            "seed 0: 74.845, paper-expanded-loop seed 0: 74.845; spread 0.397); same order: "
-            "accuracy 92.600/92.617/92.617/92.750/92.550/92.600/92.600/92.600, known accepted "
-            "94.967/94.650/94.817/94.883/94.917/94.967/94.967/94.967, unknown rejected "
-            "19.350/19.475/19.400/19.125/19.125/19.350/19.350/19.350",
-            extra={"accuracy": (92.62, 0.60), "known_accepted_tpr": (94.89, 0.95),
-                   "unknown_rejected_tpr": (19.32, 1.05)}),
+        # Notebook 07: the cross-entropy baseline and the CAC network, both trained end to end
+        # on the same 12,000 images for 2 epochs (SmallCNN with 16/16/32 filters, dropout 0.5,
+        # Adam 1e-3, batches of 128, the same random start), one CPU thread, torch 2.14.1.
+        # Measured with `tools/measure_cac.py --seeds 0 1 2 3 4` (baseline and
+        # CAC with the same seed s; the notebook uses 0). Rule as above: value = mean over the
+        # seeds, tol = max(0.1, 3 * spread), for the AUROC and for each extra. The seed spread
+        # of end-to-end training is large (the whole network moves), so the AUROC tolerance is
+        # wide; the closed-set accuracy is the tighter check. Correct variants of the
+        # exercises that differ in float32 rounding drift apart over training like another
+        # seed would (not measured separately; tests/answer_key/test_cac.py trains one such
+        # combination). The MSP-vs-CAC comparison of the same runs is CAC_COMPARISON below.
+        "cac": Expected(71.66, 10.95,
+            "measured 2026-12-02, 5 runs (seed 0: 72.941, seed 1: 70.251, seed 2: 72.218, seed 3:"
+            " 69.632, seed 4: 73.281; spread 3.650); same order: accuracy "
+            "87.267/85.800/86.600/88.067/87.450, known accepted "
+            "94.783/94.383/94.417/93.883/94.850, unknown rejected "
+            "23.475/22.000/23.650/18.575/23.700",
+            extra={"accuracy": (87.04, 6.8), "known_accepted_tpr": (94.46, 2.9),
+                   "unknown_rejected_tpr": (22.28, 15.38)}),
     },
 }
 
@@ -251,3 +249,52 @@ def get_expected(check_id: str, profile=None) -> Expected:
 
 
 assert set(EXPECTED) == set(PROFILES), "every profile needs an answer-key table"
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 07: the baseline's MSP against CAC, both networks trained alike, over five seeds
+# --------------------------------------------------------------------------------------------
+#: ``profile -> {"how": ..., "seeds": {seed: {"msp": .., "cac": .., "msp_far": .., "cac_far": ..}}}``
+#: (AUROC in percent on the unknown test images and on the second, far unknown set), measured
+#: with ``tools/measure_cac.py`` (one CPU thread). ``None``: not measured for that profile.
+CAC_COMPARISON: dict[str, dict | None] = {
+    "clip": None,
+    "miniclip": {
+        "how": ("tools/measure_cac.py, 2026-12-02, one CPU thread; 12,000 training images, "
+                "2 epochs each; seeds 0, 1, 2, 3, 4"),
+        "seeds": {
+            0: {"msp": 71.37, "cac": 72.94, "msp_far": 73.1, "cac_far": 75.6},
+            1: {"msp": 74.52, "cac": 70.25, "msp_far": 70.03, "cac_far": 79.37},
+            2: {"msp": 74.37, "cac": 72.22, "msp_far": 76.56, "cac_far": 76.53},
+            3: {"msp": 72.12, "cac": 69.63, "msp_far": 74.34, "cac_far": 72.52},
+            4: {"msp": 69.18, "cac": 73.28, "msp_far": 64.89, "cac_far": 80.29},
+        },
+    },
+}
+
+
+def cac_comparison(profile=None) -> str:
+    """The answer key's measured MSP-vs-CAC comparison for ``profile``, as printable text."""
+    p = get_profile(profile)
+    entry = CAC_COMPARISON.get(p.name)
+    if not entry:
+        return (f"{p.name}: the answer key has no measured MSP-vs-CAC comparison for this "
+                "profile (its targets are the student project's recognition rates, which report "
+                "no AUROC and no baseline; measuring it needs the downloads and a GPU).")
+    seeds = entry["seeds"]
+    keys = [k for k in ("msp", "cac", "msp_far", "cac_far") if all(k in v for v in seeds.values())]
+    lines = [f"{p.name}, answer key, both networks trained alike ({entry['how']}):",
+             "seed  " + "".join(f"{k:>10s}" for k in keys)]
+    for s, v in sorted(seeds.items()):
+        lines.append(f"{s:4d}  " + "".join(f"{v[k]:10.2f}" for k in keys))
+    for label, fn in (("mean", lambda a: sum(a) / len(a)), ("spread", lambda a: max(a) - min(a))):
+        lines.append(f"{label:6s}" + "".join(f"{fn([v[k] for v in seeds.values()]):10.2f}"
+                                              for k in keys))
+    for near, far, what in (("msp", "cac", "unknown test images"),
+                            ("msp_far", "cac_far", "second unknown set")):
+        if near in keys and far in keys:
+            diffs = [v[far] - v[near] for v in seeds.values()]
+            wins = sum(d > 0 for d in diffs)
+            lines.append(f"CAC - MSP on the {what}: mean {sum(diffs) / len(diffs):+.2f} points, "
+                         f"CAC higher in {wins} of {len(diffs)} seeds")
+    return "\n".join(lines)

@@ -55,9 +55,15 @@ class Profile:
     cac_known_classes, cac_unknown_classes: original class ids used as known / unknown,
         ``None`` meaning all classes of the dataset.
     cac_unknown_limit: number of (seeded, random) unknown test images, ``None`` meaning all.
-    cac_baseline_per_class: known training images per class for notebook 07's baseline CNN,
-        ``None`` meaning every one.
-    cac_baseline_epochs: training epochs of that baseline.
+    cac_baseline_per_class: known training images per class for notebook 07's two networks
+        (the cross-entropy baseline and the CAC network), ``None`` meaning every one.
+    cac_baseline_epochs: training epochs of each of the two networks.
+    cac_cnn_channels: filters of the three convolutions of notebook 07's CNN.
+    cac_dropout: dropout probability of that CNN.
+    cac_init_from_baseline: the CAC network starts from the baseline's trained weights (as the
+        CAC project notebook does) instead of the baseline's random initialisation.
+    cac_far_unknown: a second unknown set that needs no download (``"sklearn-digits"``), or
+        ``""`` for none.
     """
 
     name: str
@@ -80,6 +86,10 @@ class Profile:
     cac_unknown_limit: int | None = None
     cac_baseline_per_class: int | None = None
     cac_baseline_epochs: int = 5
+    cac_cnn_channels: tuple[int, int, int] = (32, 32, 64)
+    cac_dropout: float = 0.5
+    cac_init_from_baseline: bool = False
+    cac_far_unknown: str = ""
 
     @property
     def num_id_classes(self) -> int:
@@ -113,6 +123,8 @@ PROFILES: dict[str, Profile] = {
         cac_unknown_limit=500,
         cac_baseline_per_class=None,
         cac_baseline_epochs=5,
+        cac_cnn_channels=(32, 32, 64),
+        cac_init_from_baseline=True,
     ),
     "miniclip": Profile(
         name="miniclip",
@@ -134,6 +146,9 @@ PROFILES: dict[str, Profile] = {
         cac_unknown_classes=FMNIST_UNKNOWN,
         cac_baseline_per_class=2000,
         cac_baseline_epochs=2,
+        cac_cnn_channels=(16, 16, 32),
+        cac_init_from_baseline=False,
+        cac_far_unknown="sklearn-digits",
     ),
 }
 

@@ -1,8 +1,10 @@
 """Tests of ood_utils.cac_experiment: notebook 07's data, baseline CNN and training loops."""
 from __future__ import annotations
 
+import copy
 import socket
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +21,21 @@ def test_small_cnn_shapes():
     assert net.classifier[0].in_features == 3 * 3 * 64
     with pytest.raises(ValueError, match="28, 28"):
         net(torch.zeros(2, 1, 32, 32))
+    narrow = ce.SmallCNN(4, channels=(8, 8, 16)).eval()
+    assert narrow(torch.zeros(3, 1, 28, 28)).shape == (3, 4)
+    assert narrow.classifier[0].in_features == 3 * 3 * 16
+    with pytest.raises(ValueError, match="channels"):
+        ce.SmallCNN(4, channels=(8, 8))
+
+
+def test_profiles_train_both_networks_alike():
+    mini, clip = ce.training_settings("miniclip"), ce.training_settings("clip")
+    assert mini["channels"] == (16, 16, 32) and not mini["init_from_baseline"]
+    # the clip profile keeps the student project's network and its start from the baseline
+    assert clip["channels"] == (32, 32, 64) and clip["init_from_baseline"]
+    assert mini["lambda_"] == clip["lambda_"] == 0.1 and mini["alpha"] == 10.0
+    net = ce.new_cnn(6, "miniclip")
+    assert net.features[0].out_channels == 16 and net.features[2].p == mini["dropout"]
 
 
 def _toy_images(n_per_class=8, seed=0):
@@ -120,3 +137,83 @@ def test_training_runs_in_the_model_dtype_and_takes_a_custom_loss():
     with pytest.raises(TypeError, match="single-number tensor"):
         ce.train_cac(model, ce.TensorBatches(x, y, batch_size=8), epochs=1, progress=False,
                      loss_fn=lambda d, t, lambda_: d.sum(1))
+
+
+def test_train_cac_whole_is_the_loop_the_notebook_describes():
+    """The reference loop equals a hand-written Adam loop from the same random state."""
+    x, y = _toy_images()
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 16), torch.nn.ReLU(),
+                              torch.nn.Dropout(0.3), torch.nn.Linear(16, 3))
+    a = cac.CACModel(net, 3).eval()
+    b = copy.deepcopy(a)
+    torch.manual_seed(5)
+    hist = ce.train_cac_whole(a, ce.TensorBatches(x, y, batch_size=8), 2, 0.01, 0.3)
+    assert not a.training and len(hist) == 2
+    torch.manual_seed(5)
+    opt = torch.optim.Adam(b.parameters(), lr=0.01)
+    b.train()
+    by_hand = []
+    for _ in range(2):
+        losses = []
+        for xb, yb in ce.TensorBatches(x, y, batch_size=8):
+            opt.zero_grad()
+            loss = cac.cac_loss(b(xb), yb, lambda_=0.3)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        by_hand.append(float(np.mean(losses)))  # equal batches of 8: same as the weighted mean
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    assert hist == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_threshold_sweep_matches_a_brute_force_count():
+    g = np.random.default_rng(0)
+    d_val, d_test, d_unk = (torch.from_numpy(g.random((n, 4)) * 10) for n in (50, 40, 30))
+    tprs = [0.5, 0.9, 0.95]
+    got = ce.threshold_sweep(d_val, d_test, d_unk, tprs)
+    s_val, s_test, s_unk = (-cac.cac_class_scores(d.numpy()).min(1) for d in (d_val, d_test, d_unk))
+    for i, tpr in enumerate(tprs):
+        # the largest threshold that keeps at least ceil(tpr * 50) validation scores
+        cands = [t for t in np.sort(s_val) if (s_val >= t).sum() >= np.ceil(tpr * 50)]
+        thr = max(cands)
+        assert got["known_accepted"][i] == pytest.approx((s_test >= thr).mean() * 100)
+        assert got["unknown_rejected"][i] == pytest.approx((s_unk < thr).mean() * 100)
+
+
+def test_sklearn_digits_look_like_mnist_digits():
+    x = ce.sklearn_digits_images()
+    assert x.shape == (1797, 1, 28, 28) and float(x.min()) >= 0 and float(x.max()) <= 1
+    # a 4-pixel black frame, ink in the 20 x 20 centre
+    assert float(x[:, :, :4].abs().max()) == 0 and float(x[:, :, :, -4:].abs().max()) == 0
+    assert float(x[:, :, 4:24, 4:24].mean()) > 0.1
+
+
+def test_train_open_set_on_a_tiny_profile_is_reproducible():
+    """The notebook's pipeline end to end on a few images per class, with a custom loop."""
+    import dataclasses
+
+    from ood_utils.profiles import PROFILES
+
+    tiny = dataclasses.replace(PROFILES["miniclip"], cac_baseline_per_class=6,
+                               cac_baseline_epochs=1)
+    x, y = _toy_images(n_per_class=10)
+    data = ce.CACData(train_x=x, train_y=y, val_x=x[:6], val_y=y[:6], test_x=x, test_y=y,
+                      unknown_x=-x[:5], unknown_y=torch.zeros(5, dtype=torch.long),
+                      known_names=("a", "b", "c"), unknown_names=("u",), mean=0.0, std=1.0)
+    calls = []
+
+    def my_loop(model, loader, epochs, lr, lambda_):
+        calls.append((epochs, lr, lambda_, len(loader.images)))  # no extra pass: RNG
+        return ce.train_cac_whole(model, loader, epochs, lr, lambda_)
+
+    m1, h1 = ce.train_open_set(data, seed=1, profile=tiny, train_fn=my_loop)
+    m2, h2 = ce.train_open_set(data, seed=1, profile=tiny)
+    assert calls == [(1, 1e-3, 0.1, 18)] and h1 == h2
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+    d = ce.open_set_distances(m1, data)
+    assert set(d) == {"val", "test", "unknown"} and d["test"].shape == (30, 3)
+    with pytest.raises(ValueError, match="returned None"):
+        ce.train_open_set(data, seed=1, profile=tiny, train_fn=lambda *a: None)

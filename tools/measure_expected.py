@@ -128,23 +128,17 @@ def cac_variants() -> dict:
 
 
 def measure_cac(profile, seed: int, key: str, save, anchors_fn=None, distance_fn=None,
-                loss_fn=None) -> None:
-    """Notebook 07's pipeline: the cached baseline (seed 0, as in the notebook), then the CAC
-    stage with ``seed`` and the given implementations (default: the reference)."""
-    from ood_utils import cac, cac_experiment
+                loss_fn=None, train_fn=None) -> None:
+    """Notebook 07's pipeline (``tools/measure_cac.py``): the baseline and the CAC network,
+    both with ``seed``, with the given implementations (default: the reference)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from measure_cac import measure
 
-    data = cac_experiment.cac_datasets(profile, seed=0)
-    blob = cac_experiment.baseline_features(data, seed=0, profile=profile, progress=False)
-    anchors = anchors_fn(data.num_classes, alpha=10.0) if anchors_fn else None
-    model, _ = cac_experiment.cac_on_features(blob, data.num_classes, seed=seed, loss_fn=loss_fn,
-                                              anchors=anchors, distance_fn=distance_fn,
-                                              progress=False)
-    dist = {s: cac_experiment.batched_forward(model, blob[f"{s}_feats"])
-            for s in ("val", "test", "unknown")}
-    summary = cac.open_set_summary(dist["val"], dist["test"], data.test_y, dist["unknown"])
+    row = measure(profile.name, seed, train_fn=train_fn, loss_fn=loss_fn, anchors_fn=anchors_fn,
+                  distance_fn=distance_fn)
     for extra in CAC_EXTRA:
-        save(f"cac.{extra}", key, summary[extra])
-    save("cac", key, summary["auroc"])
+        save(f"cac.{extra}", key, row[extra])
+    save("cac", key, row["cac_auroc"])
 
 
 def kmeans_tolerance(values: list[float]) -> tuple[float, float, float]:
