@@ -236,6 +236,34 @@ EXPECTED: dict[str, dict[str, Expected]] = {
 }
 
 
+# --------------------------------------------------------------------------- sweeps
+# The graded experiments of notebooks 02 and 03: a sweep the student writes, whose recorded
+# AUROCs are checked point by point (:func:`ood_utils.checks.check_knn_sweep_result`,
+# :func:`ood_utils.checks.check_msp_sweep_result`). ``sweep id -> {grid point: Expected}``;
+# the grid points are the graded grid of the notebook (further points a student adds are not
+# graded). Both sweeps are deterministic, so the spread is that of the correct ways of
+# writing them; measured with ``tools/measure_sweeps.py`` (its docstring lists the variants),
+# rule as above: value = mean over the variants, tol = max(0.1, 3 * spread). A profile
+# without an entry (``clip``: nothing could be measured offline) is checked against the
+# reference sweep computed from its cached features at check time (tolerance 0.1).
+SWEEP_IDS = ("knn_sweep", "msp_sweep")
+
+SWEEPS: dict[str, dict[str, dict]] = {
+    "clip": {},
+    "miniclip": {},
+}
+
+
+def get_sweep_expected(sweep_id: str, profile=None) -> dict | None:
+    """``{grid point: Expected}`` of a sweep for ``profile``, or ``None`` when none is recorded.
+
+    Grid points: ``k`` (int) for ``knn_sweep``; ``(template, T)`` for ``msp_sweep``.
+    """
+    if sweep_id not in SWEEP_IDS:
+        raise ValueError(f"sweep_id {sweep_id!r} is unknown; use one of {', '.join(SWEEP_IDS)}")
+    return SWEEPS.get(get_profile(profile).name, {}).get(sweep_id) or None
+
+
 def get_expected(check_id: str, profile=None) -> Expected:
     """The :class:`Expected` entry of ``check_id`` for ``profile`` (default: the active one).
 
