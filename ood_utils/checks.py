@@ -374,7 +374,8 @@ def _knn_sweep_reference(profile, ks) -> dict:
     return {k: _auroc_percent(tops["id_test"][:, k - 1], tops["ood_test"][:, k - 1]) for k in ks}
 
 
-def _check_sweep_result(sweep_id: str, values: dict, profile, reference, label) -> None:
+def _check_sweep_result(sweep_id: str, values: dict, profile, reference, label,
+                        extra_hint=None) -> None:
     """Compare a recorded sweep {key: AUROC} with the answer key's (or the reference's) sweep."""
     from .expected import get_sweep_expected
 
@@ -413,6 +414,8 @@ def _check_sweep_result(sweep_id: str, values: dict, profile, reference, label) 
         got = np.array([w[1] for w in wrong])
         want = np.array([w[2] for w in wrong])
         hint = _sweep_hints(got, want) if len(wrong) > 1 else ""
+        if not hint and extra_hint is not None:
+            hint = extra_hint(wrong)
         raise AssertionError(f"{sweep_id}: {len(wrong)} of {len(keys)} values of your sweep "
                              f"differ from {source} ({p.name}):\n{report}\n{hint.strip()}")
     print(f"{sweep_id}: all {len(keys)} values within tolerance ({p.name}, {source})\n{report}")
@@ -648,12 +651,14 @@ def check_clip_head(student_fn: Callable) -> None:
     """
     import copy
 
+    from .models import split_visual
+
     _require_callable(student_fn)
     name = _fn_name(student_fn)
     model, _ = _clip_model_for_checks()
     model = copy.deepcopy(model)
     raw = float(model.logit_scale.detach())
-    trunk, head = model.visual.trunk, model.visual.head
+    trunk, head = split_visual(model)
     with torch.no_grad():
         h = _random_feats(6, trunk(torch.zeros(1, 3, 32, 32)).shape[1], 95)
         want = head(h).double().numpy()
@@ -754,7 +759,7 @@ def check_msp_sweep(student_fn: Callable) -> None:
                         templates, temps)
     got = _sweep_values(result, keys, name, "a dict {(template, T): AUROC in percent}", case)
 
-    def sweep(scale_of):
+    def sweep(scale_of, msp=msp_scores):
         out = []
         for t in templates:
             txt = text_embeddings(model, tokenizer, names, (t,)).double()
@@ -762,9 +767,11 @@ def check_msp_sweep(student_fn: Callable) -> None:
                 cos = [torch.nn.functional.normalize(head(f).double(), dim=1) @ txt.T
                        for f in (feats_in, feats_out)]
             for T in temps:
-                out.append(_auroc_percent(msp_scores(cos[0] * scale_of(T)),
-                                          msp_scores(cos[1] * scale_of(T))))
+                out.append(_auroc_percent(msp(cos[0] * scale_of(T)), msp(cos[1] * scale_of(T))))
         return np.array(out)
+
+    def msp_float32(z):
+        return z.float().softmax(dim=1).max(dim=1).values.double()
 
     want = sweep(lambda T: 1 / T)
     if _close(got, want, 0, 1e-3):
@@ -780,6 +787,8 @@ def check_msp_sweep(student_fn: Callable) -> None:
         if _close(got, sweep(lambda T: T), 0, 1e-3):
             hint = (" Likely cause: the cosines are multiplied by T; the softmax at temperature T "
                     "is of cos / T, i.e. the logit scale is 1/T")
+        elif _close(got, sweep(lambda T: 1 / T, msp_float32), 0, 1e-3):
+            hint = (" Likely cause: " + _FLOAT32_SOFTMAX)
         elif _close(got, np.repeat(want.reshape(len(templates), -1)[:1], len(templates),
                                    axis=0).ravel(), 0, 1e-3):
             hint = (" Likely cause: every template gives the bare-name row: embed the class "
@@ -790,6 +799,18 @@ def check_msp_sweep(student_fn: Callable) -> None:
     i = int(np.argmax(np.abs(got - want)))
     raise AssertionError(f"{name} returned wrong AUROCs ({case}): for {keys[i]} it gives "
                          f"{got[i]:.4f}, the reference {want[i]:.4f}.{hint}")
+
+
+_FLOAT32_SOFTMAX = ("the softmax runs in float32: at a small T the largest probability of a "
+                    "confident image rounds to exactly 1, many images tie and the AUROC drops; "
+                    "compute the softmax in float64 (.double()), as exercise 4 asks")
+
+
+def _msp_sweep_hint(wrong) -> str:
+    """Values too low only at small T: the float32 softmax of exercise 4."""
+    if wrong and all(k[1] <= 0.05 and v < want for k, v, want, _ in wrong):
+        return "Likely cause: " + _FLOAT32_SOFTMAX + "."
+    return ""
 
 
 def _msp_sweep_reference(profile, keys) -> dict:
@@ -818,7 +839,7 @@ def check_msp_sweep_result(auroc_by_setting: dict, profile=None) -> None:
     logits (tolerance 0.1).
     """
     _check_sweep_result("msp_sweep", auroc_by_setting, profile, _msp_sweep_reference,
-                        lambda k: f"{k[0]!r} at T = {k[1]:g}")
+                        lambda k: f"{k[0]!r} at T = {k[1]:g}", _msp_sweep_hint)
 
 
 # --------------------------------------------------------------------------- probe MSP (part V)

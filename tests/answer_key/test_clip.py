@@ -786,7 +786,7 @@ def head_detached_tensor(model):  # a 0-d tensor without gradient is a number to
 def head_math_exp(model):
     import math
 
-    return models.split_visual(model)[1], math.exp(model.logit_scale.item())
+    return dict(model.visual.named_children())["head"], math.exp(model.logit_scale.item())
 
 
 def head_raw_parameter(model):
@@ -931,6 +931,12 @@ def sweep_temperature_ignored(model, tokenizer, class_names, feats_in, feats_out
     return out
 
 
+def sweep_float32_softmax(model, tokenizer, class_names, feats_in, feats_out, templates,
+                          temperatures):  # msp_torch_float32: fine at tau, ties at small T
+    return _sweep_with(model, tokenizer, class_names, feats_in, feats_out, templates,
+                       temperatures, msp_fn=msp_torch_float32)
+
+
 def sweep_list(model, tokenizer, class_names, feats_in, feats_out, templates, temperatures):
     return list(sweep_solution(model, tokenizer, class_names, feats_in, feats_out, templates,
                                temperatures).values())
@@ -945,6 +951,7 @@ SWEEP_MISTAKES = [
     (sweep_swapped, "100 minus"),
     (sweep_temperature_ignored, "temperature never reaches"),
     (sweep_list, "return a dict"),
+    (sweep_float32_softmax, "softmax runs in float32"),
 ]
 
 
@@ -985,10 +992,17 @@ def test_sweep_mistakes_are_named(fn, phrase):
 
 
 @pytest.mark.parametrize("fn", [sweep_multiplied_by_t, sweep_template_ignored, sweep_fractions,
-                                sweep_swapped, sweep_temperature_ignored],
+                                sweep_swapped, sweep_temperature_ignored, sweep_float32_softmax],
                          ids=lambda f: f.__name__)
 def test_sweep_mistakes_also_miss_the_graded_sweep(fn, msp_inputs, graded_sweep_grid):
     assert not sweep_result_passes(_run_sweep(fn, msp_inputs, graded_sweep_grid))
+
+
+def test_graded_sweep_names_the_float32_softmax(msp_inputs, graded_sweep_grid):
+    values = _run_sweep(sweep_float32_softmax, msp_inputs, graded_sweep_grid)
+    with pytest.raises(AssertionError, match="softmax runs in float32"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            checks.check_msp_sweep_result(values, PROFILE)
 
 
 def test_graded_sweep_needs_every_grid_point_and_ignores_extra_ones(msp_inputs,
