@@ -24,6 +24,65 @@ from .streams import route_warnings_to_stdout
 
 route_warnings_to_stdout()  # inside a kernel only: see ood_utils.streams
 
+# A failed self-check should point at the student's line, not at this file. IPython skips a
+# frame whose locals hold ``__tracebackhide__ = True`` (pytest does too), except the last one,
+# which shows the line that raised and so the message. Every public ``check_*`` function is
+# wrapped at the end of this module by :func:`_hide_check_frames`: the wrapper marks its own
+# frame hidden and, inside a Jupyter kernel, removes the frames of this file that lie between
+# the notebook cell and the student's code (the reference and the helpers it called) from the
+# traceback of whatever the check raises, and from the tracebacks chained to it. A new check
+# needs nothing of its own; helpers may also set ``__tracebackhide__ = True`` themselves.
+
+
+def _strip_own_frames(err: BaseException) -> None:
+    """Drop this module's frames from ``err``'s traceback (and its chain), keeping the last."""
+    seen = set()
+    todo = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        frames = []
+        tb = e.__traceback__
+        while tb is not None:
+            frames.append(tb)
+            tb = tb.tb_next
+        kept = [t for i, t in enumerate(frames)
+                if t.tb_frame.f_code.co_filename != __file__ or i == len(frames) - 1]
+        if kept and len(kept) < len(frames):
+            for a, b in zip(kept, kept[1:] + [None]):
+                a.tb_next = b
+            e.__traceback__ = kept[0]
+        todo += [e.__cause__, e.__context__]
+
+
+def _hide_check_frames(namespace: dict) -> None:
+    """Wrap every public ``check_*`` function of ``namespace`` (see the comment above)."""
+    import functools
+
+    from .streams import in_kernel
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def check(*args, **kwargs):
+            __tracebackhide__ = True  # noqa: F841 (read by IPython and pytest)
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as err:
+                if in_kernel():
+                    _strip_own_frames(err)
+                raise
+
+        check._hides_frames = True
+        return check
+
+    for name, obj in list(namespace.items()):
+        if name.startswith("check_") and callable(obj) and not getattr(obj, "_hides_frames",
+                                                                       False) \
+                and getattr(obj, "__module__", None) == __name__:
+            namespace[name] = wrap(obj)
+
 # values are compared with |got - want| <= ATOL + RTOL * |want| (float32 work is fine)
 RTOL = 1e-3
 ATOL = 1e-4
@@ -212,6 +271,168 @@ def check_knn(student_fn: Callable) -> None:
     _passed(name)
 
 
+def _auroc_percent(s_in: Any, s_out: Any) -> float:
+    """AUROC in percent, ID positive (scikit-learn, independent of ood_utils.metrics)."""
+    from sklearn.metrics import roc_auc_score
+
+    s_in, s_out = np.asarray(s_in, dtype=np.float64), np.asarray(s_out, dtype=np.float64)
+    labels = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
+    return float(roc_auc_score(labels, np.r_[s_in, s_out]) * 100)
+
+
+def _sweep_values(result: Any, keys: list, name: str, what: str, case: str) -> np.ndarray:
+    """The student's sweep as float64 values in the order of ``keys`` (a dict keyed by them)."""
+    if result is None:
+        raise AssertionError(f"{name} returned None ({case}): complete the code between "
+                             "'### START CODE HERE ###' and '### END CODE HERE ###' so that "
+                             f"it returns {what}")
+    if not isinstance(result, dict):
+        raise AssertionError(f"{name} returned a {type(result).__name__} ({case}); return "
+                             f"{what}")
+    missing = [k for k in keys if k not in result]
+    if missing:
+        raise AssertionError(f"{name} returned no value for {missing} ({case}): {what}, every "
+                             f"value of the sweep as a key (got the keys {list(result)})")
+    try:
+        return np.array([float(result[k]) for k in keys])
+    except (TypeError, ValueError):
+        raise AssertionError(f"{name} returned values that are not numbers ({case}): one AUROC "
+                             "(a float, in percent) per key") from None
+
+
+def _sweep_hints(got: np.ndarray, want: np.ndarray) -> str:
+    """The typical mistakes of a sweep of AUROCs, as a sentence (or '')."""
+    if np.all(got <= 1.0) and _close(got * 100, want, 0, 1e-6 + 0.01):
+        return " Likely cause: the AUROCs are fractions; report them in percent (times 100)."
+    if _close(100 - got, want, 0, 0.01):
+        return (" Likely cause: 100 minus it would match: the scores point the wrong way "
+                "(higher must mean more in-distribution).")
+    if np.ptp(got) <= 1e-9 and np.ptp(want) > 1e-6:
+        return (" Likely cause: every value of the sweep is the same: the swept setting never "
+                "reaches the score (pass it on in each step of the loop).")
+    return ""
+
+
+def check_knn_sweep(student_fn: Callable) -> None:
+    """Self-check of ``knn_sweep_exercise(train_feats, test_in, test_out, ks) -> {k: AUROC}``.
+
+    Compared, on small clustered float32 inputs (ID test rows near the training clusters, OOD
+    rows in between), with :func:`ood_utils.scores.knn_scores` for every ``k`` and
+    scikit-learn's AUROC in percent. The keys must be the values of ``ks``.
+    """
+    from .scores import knn_scores
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    for seed, (n_train, n_in, n_out, d), ks in ((0, (40, 15, 12, 6), (1, 2, 5)),
+                                                (1, (25, 9, 14, 4), (3, 1, 10))):
+        g = _gen(300 + seed)
+        centres = torch.randn(4, d, generator=g) * 3
+        pick = torch.randint(0, 4, (n_train + n_in,), generator=g)
+        rows = centres[pick] + torch.randn(n_train + n_in, d, generator=g)
+        train, test_in = rows[:n_train].float(), rows[n_train:].float()
+        test_out = (torch.randn(n_out, d, generator=g) * 3).float()
+        case = (f"train {tuple(train.shape)}, ID test {tuple(test_in.shape)}, OOD test "
+                f"{tuple(test_out.shape)}, ks={list(ks)}")
+        result = student_fn(train.clone(), test_in.clone(), test_out.clone(), ks)
+        got = _sweep_values(result, list(ks), name, "a dict {k: AUROC in percent}", case)
+        want = np.array([_auroc_percent(knn_scores(train, test_in, k=k),
+                                        knn_scores(train, test_out, k=k)) for k in ks])
+        if _close(got, want, 0, 1e-6):
+            continue
+        hint = _sweep_hints(got, want)
+        if not hint:
+            shifted = np.array([_auroc_percent(knn_scores(train, test_in, k=k + 1),
+                                               knn_scores(train, test_out, k=k + 1))
+                                for k in ks])
+            swapped = np.array([_auroc_percent(knn_scores(train, test_out, k=k),
+                                               knn_scores(train, test_in, k=k)) for k in ks])
+            if _close(got, shifted, 0, 1e-6):
+                hint = (" Likely cause: the (k+1)-th neighbour: the k-th largest similarity of "
+                        "a topk(kmax) result sits at index k - 1")
+            elif _close(got, swapped, 0, 1e-6):
+                hint = (" Likely cause: the ID and OOD scores are swapped in the AUROC "
+                        "(the ID test scores come first, as positives)")
+        i = int(np.argmax(np.abs(got - want)))
+        raise AssertionError(f"{name} returned wrong AUROCs ({case}): for k = {ks[i]} it gives "
+                             f"{got[i]:.4f}, the reference {want[i]:.4f}.{hint}")
+    _passed(name)
+
+
+def _knn_sweep_reference(profile, ks) -> dict:
+    """The reference sweep on the profile's cached features (one topk(max k) per chunk)."""
+    from .features import load_features
+
+    feats = load_features(profile, progress=False)
+    train = torch.nn.functional.normalize(feats["id_train_feats"].float(), dim=1)
+    kmax = max(ks)
+    tops = {}
+    for split in ("id_test", "ood_test"):
+        test = torch.nn.functional.normalize(feats[f"{split}_feats"].float(), dim=1)
+        tops[split] = torch.cat([(test[s:s + 2048] @ train.T).topk(kmax, dim=1).values
+                                 for s in range(0, len(test), 2048)]).double().numpy()
+    return {k: _auroc_percent(tops["id_test"][:, k - 1], tops["ood_test"][:, k - 1]) for k in ks}
+
+
+def _check_sweep_result(sweep_id: str, values: dict, profile, reference, label,
+                        extra_hint=None) -> None:
+    """Compare a recorded sweep {key: AUROC} with the answer key's (or the reference's) sweep."""
+    from .expected import get_sweep_expected
+
+    p = get_profile(profile)
+    if not isinstance(values, dict):
+        raise AssertionError(f"{sweep_id}: expected the dict your sweep returned "
+                             f"({{setting: AUROC}}), got {type(values).__name__}")
+    targets = get_sweep_expected(sweep_id, p)
+    keys = list(targets) if targets else None
+    if keys is None:  # no recorded sweep for this profile: the reference's, computed here
+        keys = list(values)
+        live = reference(p, keys)
+        targets = {k: (live[k], 0.1) for k in keys}
+        source = "the reference run on this profile's features (no recorded sweep)"
+    else:
+        targets = {k: (e.value, e.tol) for k, e in targets.items()}
+        source = "ood_utils/expected.py"
+    missing = [label(k) for k in keys if k not in values]
+    if missing:
+        raise AssertionError(f"{sweep_id}: your sweep has no value for {', '.join(missing)}; "
+                             f"the graded grid is {', '.join(label(k) for k in keys)}")
+    lines, wrong = [], []
+    for k in keys:
+        try:
+            v = float(values[k])
+        except (TypeError, ValueError):
+            raise AssertionError(f"{sweep_id}: the value for {label(k)} is not a number") from None
+        want, tol = targets[k]
+        ok = np.isfinite(v) and abs(v - want) <= tol + 1e-9
+        lines.append(f"  {label(k)}: {v:.2f}, expected {want:.2f} +/- {tol:.2f}"
+                     + ("" if ok else "  <- outside"))
+        if not ok:
+            wrong.append((k, v, want, tol))
+    report = "\n".join(lines)
+    if wrong:
+        got = np.array([w[1] for w in wrong])
+        want = np.array([w[2] for w in wrong])
+        hint = _sweep_hints(got, want) if len(wrong) > 1 else ""
+        if not hint and extra_hint is not None:
+            hint = extra_hint(wrong)
+        raise AssertionError(f"{sweep_id}: {len(wrong)} of {len(keys)} values of your sweep "
+                             f"differ from {source} ({p.name}):\n{report}\n{hint.strip()}")
+    print(f"{sweep_id}: all {len(keys)} values within tolerance ({p.name}, {source})\n{report}")
+
+
+def check_knn_sweep_result(auroc_by_k: dict, profile=None) -> None:
+    """Graded check of notebook 02's sweep: ``{k: AUROC}`` against the answer key's sweep.
+
+    Every ``k`` of the recorded grid (:func:`ood_utils.expected.get_sweep_expected`) must be in
+    the dict and within its tolerance; further keys are the student's own and not graded. For
+    a profile without a recorded sweep, the reference sweep is computed from the cached
+    features (tolerance 0.1).
+    """
+    _check_sweep_result("knn_sweep", auroc_by_k, profile, _knn_sweep_reference,
+                        lambda k: f"k = {k}")
+
+
 # --------------------------------------------------------------------------- MSP (part IV)
 
 def _zero_shot_reference(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
@@ -256,6 +477,8 @@ def check_zero_shot_msp(student_fn: Callable) -> None:
                 _softmax(logits, axis=0).max(axis=1),
             "logit_scale is exponentiated again: it is already exp(model.logit_scale)":
                 _softmax(np.exp(s) * logits / s).max(axis=1) if s < 50 else None,
+            "the cosines are divided by logit_scale: it is 1/tau already, multiply by it":
+                _softmax(logits / s ** 2).max(axis=1) if s != 1.0 else None,
             "the sign is flipped: return the probability (higher = more in-distribution)":
                 -want,
         }
@@ -309,6 +532,9 @@ def check_text_embeddings(student_fn: Callable) -> None:
                 "the embeddings are normalised along the wrong axis (dim=0, over the classes): "
                 "normalise each row, dim=-1": F.normalize(raw, dim=0).numpy(),
                 "the sign is flipped": -want,
+                "the rows follow the class names in sorted order: keep the order of "
+                "class_names (row c belongs to label c)":
+                    want[np.argsort(np.array(names, dtype=object), kind="stable")],
             }
         if got.shape == want.T.shape and got.shape != want.shape:
             raise AssertionError(f"{name} returned shape {got.shape} ({case}): one ROW per class, "
@@ -365,6 +591,8 @@ def check_zero_shot_logits(student_fn: Callable) -> None:
                 want / s if s != 1.0 else None,
             "logit_scale is exponentiated again: it is already exp(model.logit_scale)":
                 np.exp(s) * want / s if s < 50 else None,
+            "the cosines are divided by logit_scale: it is 1/tau already (the temperature tau "
+            "divides, so its inverse multiplies)": want / s ** 2 if s != 1.0 else None,
             "the sign is flipped": -want,
         }
         if got.shape == (c, n) and c != n:
@@ -411,6 +639,207 @@ def check_msp(student_fn: Callable) -> None:
         if np.any(got > 1 + 1e-6) or np.any(got < 0):
             raise AssertionError(f"{name} returned values outside [0, 1] ({case})")
     _passed(name)
+
+
+def check_clip_head(student_fn: Callable) -> None:
+    """Self-check of ``clip_head_exercise(model) -> (projection, logit_scale)``.
+
+    Runs on a copy of the shipped tiny CLIP (whatever the profile): ``projection`` must map
+    trunk features ``(N, feature_dim)`` to the image embeddings of the joint space, exactly as
+    the image tower's last layer does, and ``logit_scale`` must be the factor in front of the
+    cosines, ``exp(model.logit_scale)`` = 1/tau, as a number or a 0-d tensor.
+    """
+    import copy
+
+    from .models import split_visual
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    model, _ = _clip_model_for_checks()
+    model = copy.deepcopy(model)
+    raw = float(model.logit_scale.detach())
+    trunk, head = split_visual(model)
+    with torch.no_grad():
+        h = _random_feats(6, trunk(torch.zeros(1, 3, 32, 32)).shape[1], 95)
+        want = head(h).double().numpy()
+    d, e = h.shape[1], want.shape[1]
+    out = student_fn(model)
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise AssertionError(f"{name} must return a pair (projection, logit_scale), got "
+                             f"{type(out).__name__}")
+    projection, scale = out
+    if not callable(projection):
+        raise AssertionError(f"{name} returned a {type(projection).__name__} as the projection: "
+                             "return the module (a torch.nn.Module) that maps trunk features "
+                             "to the joint space, so that projection(h) works")
+    case = f"6 random trunk feature vectors of dimension {d}, joint space of dimension {e}"
+    try:
+        with torch.no_grad():
+            z = projection(h.clone())
+    except Exception as err:
+        raise AssertionError(
+            f"the projection returned by {name} fails on trunk features ({case}): "
+            f"{type(err).__name__}: {err}. It must take the stored trunk features (the output "
+            "of the tower's trunk), not images: it is the image tower's LAST part, the one "
+            "notebook 01 split off (print(model.visual) shows the parts)") from None
+    got = _as_array(z, f"{name}: projection", "image embeddings")
+    if got.shape == (6, d) and d != e:
+        raise AssertionError(f"the projection returned by {name} keeps {d} dimensions ({case}); "
+                             f"it must map them to the {e}-d joint space of image and text")
+    _compare(got, want, f"{name}: projection(h)", case, "the image embeddings W h",
+             hints={"the projection normalises its output: return the linear layer itself "
+                    "(the logits exercise normalises)": _normalize(want)})
+    if isinstance(scale, torch.Tensor) and scale.numel() != 1:
+        raise AssertionError(f"{name} returned a logit_scale of shape {tuple(scale.shape)}; "
+                             "return one number")
+    if isinstance(scale, torch.Tensor) and scale.requires_grad:
+        raise AssertionError(f"{name} returned logit_scale as a tensor that tracks gradients: "
+                             "return a Python float (.item()), or every logit computed with it "
+                             "would track them too")
+    try:
+        s = float(scale.detach()) if isinstance(scale, torch.Tensor) else float(scale)
+    except (TypeError, ValueError):
+        raise AssertionError(f"{name} returned a {type(scale).__name__} as logit_scale; return "
+                             "a number (float, or a 0-d tensor)") from None
+    want_s = float(np.exp(raw))
+    if abs(s - want_s) <= 1e-4 * want_s:
+        _passed(name)
+        return
+    hints = {
+        f"this is the stored parameter model.logit_scale itself ({raw:.4g}), which is "
+        f"log(1/tau): the factor in front of the cosines is its exponential": raw,
+        "this is tau, the temperature; the factor in front of the cosines is 1/tau": 1 / want_s,
+        "the parameter is exponentiated twice": float(np.exp(want_s)) if want_s < 50 else None,
+    }
+    hint = next((f" Likely cause: {m}." for m, v in hints.items()
+                 if v is not None and abs(s - v) <= 1e-4 * abs(v)), "")
+    raise AssertionError(f"{name} returned logit_scale = {s:.6g}; the tiny CLIP's factor "
+                         f"1/tau is {want_s:.6g}.{hint}")
+
+
+def check_msp_sweep(student_fn: Callable) -> None:
+    """Self-check of ``msp_sweep_exercise(model, tokenizer, class_names, feats_in, feats_out,
+    templates, temperatures) -> {(template, T): AUROC}``.
+
+    Runs on the shipped tiny CLIP with random trunk features and compares with the reference:
+    :func:`ood_utils.models.text_embeddings` of each template, the projected and normalised
+    image features, :func:`ood_utils.scores.msp_scores` of the cosines at temperature ``T``,
+    and scikit-learn's AUROC in percent. The student's function calls the notebook's own
+    exercises (which must pass their checks first).
+    """
+    from .models import text_embeddings
+    from .scores import msp_scores
+
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    model, tokenizer = _clip_model_for_checks()
+    head = model.visual.head
+    names = ["Trouser", "Bag", "Sneaker", "Coat"]
+    templates = ("{}", "a photo of a {}.")
+    temps = (0.01, 0.1, 1.0)
+    g = _gen(310)
+    with torch.no_grad():  # trunk features that land near the prompts of the names
+        text = text_embeddings(model, tokenizer, names, ("{}",)).double()
+        w = head.proj.weight.double() if hasattr(head, "proj") else None
+    if w is None:
+        raise RuntimeError("check_msp_sweep needs open_clip's timm head (model.visual.head.proj)")
+    lift = torch.linalg.pinv(w)  # (D, E): h = lift @ t gives W h ~ t
+    pick = torch.randint(0, len(names), (30,), generator=g)
+    base_in = (text[pick] @ lift.T).float()
+    noise = 1.5 * base_in.norm(dim=1, keepdim=True) / np.sqrt(base_in.shape[1])
+    feats_in = base_in + noise * torch.randn(base_in.shape, generator=g)
+    # OOD rows between two prompts, as noisy: the AUROC then moves with T and the template
+    mix = (text[torch.randint(0, len(names), (24,), generator=g)]
+           + text[torch.randint(0, len(names), (24,), generator=g)]) @ lift.T
+    feats_out = mix.float() + noise[:24] * torch.randn(mix.shape, generator=g)
+    case = (f"{len(names)} class names, {len(feats_in)} ID and {len(feats_out)} OOD synthetic "
+            f"trunk feature rows, templates {list(templates)}, temperatures {list(temps)}")
+    keys = [(t, T) for t in templates for T in temps]
+    result = student_fn(model, tokenizer, list(names), feats_in.clone(), feats_out.clone(),
+                        templates, temps)
+    got = _sweep_values(result, keys, name, "a dict {(template, T): AUROC in percent}", case)
+
+    def sweep(scale_of, msp=msp_scores):
+        out = []
+        for t in templates:
+            txt = text_embeddings(model, tokenizer, names, (t,)).double()
+            with torch.no_grad():
+                cos = [torch.nn.functional.normalize(head(f).double(), dim=1) @ txt.T
+                       for f in (feats_in, feats_out)]
+            for T in temps:
+                out.append(_auroc_percent(msp(cos[0] * scale_of(T)), msp(cos[1] * scale_of(T))))
+        return np.array(out)
+
+    def msp_float32(z):
+        return z.float().softmax(dim=1).max(dim=1).values.double()
+
+    want = sweep(lambda T: 1 / T)
+    if _close(got, want, 0, 1e-3):
+        _passed(name)
+        return
+    hint = _sweep_hints(got, want)
+    rows_got = got.reshape(len(templates), -1)
+    if not hint and np.ptp(rows_got, axis=1).max() <= 1e-9 < np.ptp(want):
+        hint = (" Likely cause: within each template every temperature gives the same AUROC: "
+                "the temperature never reaches the score (the logits at temperature T are "
+                "the cosines times 1/T)")
+    if not hint:
+        if _close(got, sweep(lambda T: T), 0, 1e-3):
+            hint = (" Likely cause: the cosines are multiplied by T; the softmax at temperature T "
+                    "is of cos / T, i.e. the logit scale is 1/T")
+        elif _close(got, sweep(lambda T: 1 / T, msp_float32), 0, 1e-3):
+            hint = (" Likely cause: " + _FLOAT32_SOFTMAX)
+        elif _close(got, np.repeat(want.reshape(len(templates), -1)[:1], len(templates),
+                                   axis=0).ravel(), 0, 1e-3):
+            hint = (" Likely cause: every template gives the bare-name row: embed the class "
+                    "names with each template (pass it on to your text embeddings)")
+        else:
+            hint = (" If your three exercises above pass their checks, look at how the sweep "
+                    "calls them: one text embedding per template, logits at scale 1/T")
+    i = int(np.argmax(np.abs(got - want)))
+    raise AssertionError(f"{name} returned wrong AUROCs ({case}): for {keys[i]} it gives "
+                         f"{got[i]:.4f}, the reference {want[i]:.4f}.{hint}")
+
+
+_FLOAT32_SOFTMAX = ("the softmax runs in float32: at a small T the largest probability of a "
+                    "confident image rounds to exactly 1, many images tie and the AUROC drops; "
+                    "compute the softmax in float64 (.double()), as exercise 4 asks")
+
+
+def _msp_sweep_hint(wrong) -> str:
+    """Values too low only at small T: the float32 softmax of exercise 4."""
+    if wrong and all(k[1] <= 0.05 and v < want for k, v, want, _ in wrong):
+        return "Likely cause: " + _FLOAT32_SOFTMAX + "."
+    return ""
+
+
+def _msp_sweep_reference(profile, keys) -> dict:
+    """The reference sweep on the profile's cached zero-shot logits."""
+    from .pipeline import zero_shot_logits
+    from .scores import msp_scores
+
+    out = {}
+    for template in dict.fromkeys(t for t, _ in keys):
+        zs = zero_shot_logits(profile, templates=(template,), progress=False)
+        scale = float(zs["logit_scale"])
+        cos = [zs[s].double() / scale for s in ("id_test", "ood_test")]
+        for t, T in keys:
+            if t == template:
+                out[(t, T)] = _auroc_percent(msp_scores(cos[0], temperature=T),
+                                             msp_scores(cos[1], temperature=T))
+    return out
+
+
+def check_msp_sweep_result(auroc_by_setting: dict, profile=None) -> None:
+    """Graded check of notebook 03's sweep: ``{(template, T): AUROC}`` against the answer key.
+
+    Every (template, T) of the recorded grid must be in the dict and within its tolerance;
+    further keys (other templates, CLIP's own tau) are the student's and not graded. For a
+    profile without a recorded sweep, the reference is computed from the cached zero-shot
+    logits (tolerance 0.1).
+    """
+    _check_sweep_result("msp_sweep", auroc_by_setting, profile, _msp_sweep_reference,
+                        lambda k: f"{k[0]!r} at T = {k[1]:g}", _msp_sweep_hint)
 
 
 # --------------------------------------------------------------------------- probe MSP (part V)
@@ -1044,16 +1473,51 @@ def check_extract_features(student_fn: Callable) -> None:
     if feats.requires_grad:
         raise AssertionError(f"{name} returned features that track gradients; "
                              "run the backbone under torch.no_grad()")
-    want_feats, want_labels = extract_features(backbone, loader, "cpu", progress=False)
-    try:
-        _compare(feats.double().numpy(), want_feats.double().numpy(), name,
-                 "37 images, batches of 10", "one row of features per image, in the loader's order")
-    except AssertionError as err:
-        raise AssertionError(f"{err} Did you put the backbone in evaluation mode "
-                             "(backbone.eval()) so that dropout is off?") from None
+    left_in_training = backbone.training  # the student's loop never called .eval() on it
+    backbone.eval()
+    with torch.no_grad():
+        want_feats, want_labels = extract_features(backbone, loader, "cpu", progress=False)
+    got, want = feats.detach().double().numpy(), want_feats.double().numpy()
+    case = "37 images in batches of 10, 10 + 10 + 10 + 7"
+    n, last = len(want), len(want) % 10
+    if got.ndim == 2 and len(got) < n:
+        what = (f"the last, shorter batch ({last} images) is missing: keep every batch, "
+                "drop_last belongs to training loaders, not to feature extraction"
+                if len(got) == n - last else
+                f"only {len(got)} of {n} rows came back: concatenate the features of every "
+                "batch")
+        raise AssertionError(f"{name} returned {len(got)} feature rows for {n} images ({case}): "
+                             f"{what}")
+    if got.ndim == 2 and len(got) > n:
+        raise AssertionError(f"{name} returned {len(got)} feature rows for {n} images ({case}): "
+                             "some batches are there twice; append each batch once")
+    if got.shape == want.shape and not _close(got, want):
+        # every row of the reference somewhere among the student's rows: same rows, other order
+        dist = np.abs(got[:, None, :] - want[None, :, :]).max(axis=2)
+        match = dist.min(axis=0) <= ATOL + RTOL * np.abs(want).max()
+        if match.all():
+            raise AssertionError(
+                f"{name} returned the right feature rows in another order ({case}): row i must "
+                "belong to the loader's i-th image; keep the batches in the order the loader "
+                "yields them and do not sort or shuffle")
+        if left_in_training:
+            raise AssertionError(
+                f"{name} returned features that differ from the reference ({case}), and the "
+                "backbone was still in training mode after your function ran: put it in "
+                "evaluation mode (backbone.eval()) before the loop, so that dropout (and batch "
+                "norm) behave as at test time")
+    _compare(got, want, name, case, "one row of features per image, in the loader's order",
+             hints={"the features are L2-normalised: return the trunk output as it is":
+                    _normalize(want)})
+    if got_labels.shape != want_labels.shape:
+        raise AssertionError(f"{name} returned {tuple(got_labels.shape)} labels for {n} images "
+                             f"({case}): one label per image, shape ({n},)")
     if not torch.equal(got_labels, want_labels):
+        what = ("they are the loader's labels in another order: keep the order of the batches"
+                if torch.equal(got_labels.sort().values, want_labels.sort().values)
+                else "collect the labels of each batch as the loader yields them")
         raise AssertionError(f"{name} returned labels that differ from the loader's labels "
-                             "(keep them in the loader's order)")
+                             f"({case}): {what}")
     _passed(name)
 
 
@@ -1104,6 +1568,25 @@ def check_clip_loss(student_fn: Callable) -> None:
                     one(F.cross_entropy(logits, t) + F.cross_entropy(logits.T, t)),
                 "the targets are wrong: image i belongs to caption i (torch.arange(B))":
                     one((F.cross_entropy(logits, shifted) + F.cross_entropy(logits.T, shifted)) / 2),
+                "logit_scale is exponentiated again: it arrives as exp(model.logit_scale) = "
+                "1/tau already, multiply the cosines by it as it is":
+                    one((F.cross_entropy(torch.exp(s) * u @ v.T, t)
+                         + F.cross_entropy(torch.exp(s) * v @ u.T, t)) / 2),
+                "the cross-entropies add up the B rows (reduction='sum'): the loss is the "
+                "MEAN over the batch, F.cross_entropy's default reduction='mean'":
+                    one(b * want),
+                "the cross-entropies add up the B rows (reduction='sum') and the two "
+                "directions are summed: take the mean over the batch and average the two":
+                    one(2 * b * want),
+                "this is a sigmoid loss (binary cross-entropy on every image-caption pair, "
+                "as in SigLIP), averaged over the B x B pairs; CLIP's loss is a softmax "
+                "cross-entropy over each row and each column of the logits":
+                    one(F.binary_cross_entropy_with_logits(logits, torch.eye(b))),
+                "this is a sigmoid loss (binary cross-entropy on every image-caption pair, "
+                "as in SigLIP), summed over the pairs and divided by B; CLIP's loss is a "
+                "softmax cross-entropy over each row and each column of the logits":
+                    one(F.binary_cross_entropy_with_logits(logits, torch.eye(b),
+                                                           reduction="sum") / b),
             }
         _compare(one(got.detach()), one(want), name, f"batch {b}, logit scale {scale}",
                  "a single number", hints=hints)
@@ -1704,3 +2187,6 @@ def check_threshold_sweep_results(tprs, known_accepted, unknown_rejected, dist_v
             _hidden_assert(f"sweep: {label} {np.round(got, 2).tolist()} differs from the "
                            f"reference {np.round(want, 2).tolist()} on the same distances")
     print(f"sweep: {len(t)} thresholds agree with the reference on the same distances")
+
+
+_hide_check_frames(globals())  # keep this the last line of the module (see the top)

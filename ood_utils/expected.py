@@ -234,6 +234,128 @@ EXPECTED: dict[str, dict[str, Expected]] = {
 }
 
 
+# --------------------------------------------------------------------------- sweeps
+# The graded experiments of notebooks 02 and 03: a sweep the student writes, whose recorded
+# AUROCs are checked point by point (:func:`ood_utils.checks.check_knn_sweep_result`,
+# :func:`ood_utils.checks.check_msp_sweep_result`). ``sweep id -> {grid point: Expected}``;
+# the grid points are the graded grid of the notebook (further points a student adds are not
+# graded). Both sweeps are deterministic, so the spread is that of the correct ways of
+# writing them; measured with ``tools/measure_sweeps.py`` (its docstring lists the variants),
+# rule as above: value = mean over the variants, tol = max(0.1, 3 * spread). A profile
+# without an entry (``clip``: nothing could be measured offline) is checked against the
+# reference sweep computed from its cached features at check time (tolerance 0.1).
+SWEEP_IDS = ("knn_sweep", "msp_sweep")
+
+SWEEPS: dict[str, dict[str, dict]] = {
+    "clip": {},
+    "miniclip": {
+        # knn_sweep: variants topk float32 / topk float64 / knn_scores per k / scikit-learn
+        # NearestNeighbors (cosine); k = 1 is the "knn" entry above.
+        "knn_sweep": {
+            1: Expected(82.69, 0.10, "measured 2026-12-02, deterministic: "
+                "82.690 / 82.690 / 82.690 / 82.690; spread 0.0000"),
+            5: Expected(88.96, 0.10, "measured 2026-12-02, deterministic: "
+                "88.963 / 88.963 / 88.963 / 88.963; spread 0.0000"),
+            10: Expected(90.36, 0.10, "measured 2026-12-02, deterministic: "
+                "90.362 / 90.362 / 90.362 / 90.362; spread 0.0000"),
+            50: Expected(93.44, 0.10, "measured 2026-12-02, deterministic: "
+                "93.444 / 93.444 / 93.444 / 93.444; spread 0.0000"),
+            200: Expected(95.12, 0.10, "measured 2026-12-02, deterministic: "
+                "95.118 / 95.118 / 95.118 / 95.118; spread 0.0000"),
+        },
+        # msp_sweep: variants reference (cached logits / logit_scale, msp_scores) / notebook
+        # 03's solution (float64 logits) / float32 logits with a float64 softmax. A float32
+        # softmax (answer key: msp_torch_float32) is not among them: at T <= 0.02 it rounds
+        # confident probabilities to 1 and ties them (its value is given for information);
+        # notebook 03 asks for float64 and its checks name that mistake.
+        "msp_sweep": {
+            ('{}', 0.005): Expected(82.57, 0.10, "measured 2026-12-02, "
+                "deterministic: 82.571 / 82.569 / 82.569; spread 0.0020; "
+                "float32 softmax: 72.215"),
+            ('{}', 0.01): Expected(89.26, 0.10, "measured 2026-12-02, "
+                "deterministic: 89.264 / 89.264 / 89.264; spread 0.0000; "
+                "float32 softmax: 81.528"),
+            ('{}', 0.02): Expected(90.11, 0.10, "measured 2026-12-02, "
+                "deterministic: 90.105 / 90.105 / 90.105; spread 0.0000; "
+                "float32 softmax: 88.928"),
+            ('{}', 0.05): Expected(90.89, 0.10, "measured 2026-12-02, "
+                "deterministic: 90.892 / 90.892 / 90.892; spread 0.0000; "
+                "float32 softmax: 90.892"),
+            ('{}', 0.1): Expected(92.09, 0.10, "measured 2026-12-02, "
+                "deterministic: 92.087 / 92.087 / 92.087; spread 0.0000; "
+                "float32 softmax: 92.087"),
+            ('{}', 0.2): Expected(93.72, 0.10, "measured 2026-12-02, "
+                "deterministic: 93.721 / 93.721 / 93.721; spread 0.0000; "
+                "float32 softmax: 93.721"),
+            ('{}', 0.5): Expected(95.14, 0.10, "measured 2026-12-02, "
+                "deterministic: 95.144 / 95.144 / 95.144; spread 0.0000; "
+                "float32 softmax: 95.144"),
+            ('{}', 1.0): Expected(95.49, 0.10, "measured 2026-12-02, "
+                "deterministic: 95.492 / 95.492 / 95.492; spread 0.0000; "
+                "float32 softmax: 95.492"),
+            ('a photo of a {}.', 0.005): Expected(82.50, 0.10, "measured 2026-12-02, "
+                "deterministic: 82.502 / 82.502 / 82.502; spread 0.0000; "
+                "float32 softmax: 69.803"),
+            ('a photo of a {}.', 0.01): Expected(88.94, 0.10, "measured 2026-12-02, "
+                "deterministic: 88.944 / 88.944 / 88.944; spread 0.0000; "
+                "float32 softmax: 81.460"),
+            ('a photo of a {}.', 0.02): Expected(89.88, 0.10, "measured 2026-12-02, "
+                "deterministic: 89.879 / 89.879 / 89.879; spread 0.0000; "
+                "float32 softmax: 88.472"),
+            ('a photo of a {}.', 0.05): Expected(90.72, 0.10, "measured 2026-12-02, "
+                "deterministic: 90.721 / 90.721 / 90.721; spread 0.0000; "
+                "float32 softmax: 90.721"),
+            ('a photo of a {}.', 0.1): Expected(92.19, 0.10, "measured 2026-12-02, "
+                "deterministic: 92.190 / 92.190 / 92.190; spread 0.0000; "
+                "float32 softmax: 92.190"),
+            ('a photo of a {}.', 0.2): Expected(93.85, 0.10, "measured 2026-12-02, "
+                "deterministic: 93.853 / 93.853 / 93.853; spread 0.0000; "
+                "float32 softmax: 93.853"),
+            ('a photo of a {}.', 0.5): Expected(95.19, 0.10, "measured 2026-12-02, "
+                "deterministic: 95.186 / 95.186 / 95.186; spread 0.0000; "
+                "float32 softmax: 95.186"),
+            ('a photo of a {}.', 1.0): Expected(95.52, 0.10, "measured 2026-12-02, "
+                "deterministic: 95.518 / 95.518 / 95.518; spread 0.0000; "
+                "float32 softmax: 95.518"),
+            ('an image of a {}.', 0.005): Expected(82.52, 0.10, "measured 2026-12-02, "
+                "deterministic: 82.521 / 82.521 / 82.521; spread 0.0000; "
+                "float32 softmax: 69.991"),
+            ('an image of a {}.', 0.01): Expected(88.86, 0.10, "measured 2026-12-02, "
+                "deterministic: 88.855 / 88.855 / 88.855; spread 0.0000; "
+                "float32 softmax: 81.507"),
+            ('an image of a {}.', 0.02): Expected(89.83, 0.10, "measured 2026-12-02, "
+                "deterministic: 89.833 / 89.833 / 89.833; spread 0.0000; "
+                "float32 softmax: 88.368"),
+            ('an image of a {}.', 0.05): Expected(90.68, 0.10, "measured 2026-12-02, "
+                "deterministic: 90.682 / 90.682 / 90.682; spread 0.0000; "
+                "float32 softmax: 90.682"),
+            ('an image of a {}.', 0.1): Expected(92.14, 0.10, "measured 2026-12-02, "
+                "deterministic: 92.145 / 92.145 / 92.145; spread 0.0000; "
+                "float32 softmax: 92.145"),
+            ('an image of a {}.', 0.2): Expected(93.81, 0.10, "measured 2026-12-02, "
+                "deterministic: 93.814 / 93.814 / 93.814; spread 0.0000; "
+                "float32 softmax: 93.814"),
+            ('an image of a {}.', 0.5): Expected(95.16, 0.10, "measured 2026-12-02, "
+                "deterministic: 95.159 / 95.159 / 95.159; spread 0.0000; "
+                "float32 softmax: 95.159"),
+            ('an image of a {}.', 1.0): Expected(95.50, 0.10, "measured 2026-12-02, "
+                "deterministic: 95.498 / 95.498 / 95.498; spread 0.0000; "
+                "float32 softmax: 95.498"),
+        },
+    },
+}
+
+
+def get_sweep_expected(sweep_id: str, profile=None) -> dict | None:
+    """``{grid point: Expected}`` of a sweep for ``profile``, or ``None`` when none is recorded.
+
+    Grid points: ``k`` (int) for ``knn_sweep``; ``(template, T)`` for ``msp_sweep``.
+    """
+    if sweep_id not in SWEEP_IDS:
+        raise ValueError(f"sweep_id {sweep_id!r} is unknown; use one of {', '.join(SWEEP_IDS)}")
+    return SWEEPS.get(get_profile(profile).name, {}).get(sweep_id) or None
+
+
 def get_expected(check_id: str, profile=None) -> Expected:
     """The :class:`Expected` entry of ``check_id`` for ``profile`` (default: the active one).
 

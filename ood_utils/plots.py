@@ -533,3 +533,36 @@ def covariance_spectrum(shared_covs: Mapping[str, Any], background_cov: Any, ax=
     ax.set_title(title)
     ax.legend(fontsize="small")
     return ax
+
+
+def batch_logit_matrix(logits: Any, labels: Any, class_names: Sequence[str], title: str = "",
+                       ax=None):
+    """A batch's B x B image-caption logits with rows and columns sorted by class (notebook 00).
+
+    Row i is image i, column j caption j; thin lines separate the classes, so the blocks on the
+    diagonal are the same-class pairs that the contrastive loss cannot tell apart.
+    """
+    z = to_numpy(logits, "logits").astype(np.float64)
+    y = np.asarray(to_numpy(labels, "labels")).astype(int)
+    if z.ndim != 2 or z.shape[0] != z.shape[1] or len(y) != len(z):
+        raise ValueError(f"logits must be (B, B) and labels (B,); got {z.shape} and {y.shape}")
+    order = np.argsort(y, kind="stable")
+    z, y = z[np.ix_(order, order)], y[order]
+    ax = _axes(ax, (5, 4.5))
+    im = ax.imshow(z, cmap="magma", interpolation="nearest")
+    edges = np.flatnonzero(np.diff(y)) + 0.5
+    for e in edges:
+        ax.axhline(e, color="white", lw=0.4)
+        ax.axvline(e, color="white", lw=0.4)
+    starts = np.r_[0, np.ceil(edges)].astype(int)
+    ends = np.r_[np.ceil(edges), len(y)].astype(int)
+    centres = (starts + ends - 1) / 2
+    names = [class_names[c] for c in y[starts]]
+    ax.set_yticks(centres, names, fontsize="x-small")
+    ax.set_xticks(centres, names, fontsize="x-small", rotation=90)
+    ax.set_xlabel("caption (sorted by class)")
+    ax.set_ylabel("image (sorted by class)")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, label="logit")
+    if title:
+        ax.set_title(title)
+    return ax

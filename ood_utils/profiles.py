@@ -99,8 +99,18 @@ class Profile:
 
     @property
     def pair(self) -> str:
-        """Human-readable ``ID-->OOD`` label used in printed results."""
-        return f"{self.id_dataset}-->{self.ood_dataset}"
+        """Human-readable ``ID-->OOD`` label used in printed results.
+
+        When both sides come from one dataset (``miniclip``), each side says which classes it
+        holds: ``"FashionMNIST, 6 known classes-->FashionMNIST, 4 unknown classes"``;
+        otherwise the dataset names suffice (``"CIFAR100-->CIFAR10"``, as the original).
+        """
+        if self.id_dataset != self.ood_dataset:
+            return f"{self.id_dataset}-->{self.ood_dataset}"
+        known = f"{self.num_id_classes} known classes"
+        unknown = (f"{len(self.ood_classes)} unknown classes" if self.ood_classes is not None
+                   else "unknown classes")
+        return f"{self.id_dataset}, {known}-->{self.ood_dataset}, {unknown}"
 
 
 PROFILES: dict[str, Profile] = {

@@ -405,3 +405,75 @@ def test_check_auroc_rejects_unknown_ids_missing_targets_and_nan(monkeypatch):
     monkeypatch.setitem(expected.EXPECTED["clip"], "knn", expected.Expected(None, None, "x"))
     with pytest.raises(ValueError, match="no target"):
         checks.check_auroc("knn", 80.0, profile="clip")
+
+
+# ============================================================================ tracebacks
+
+def _raises_in_student_code(train_feats, test_feats, k=1, chunk_size=2048):
+    return train_feats @ test_feats  # shapes (n, d) @ (m, d): a RuntimeError in the student's line
+
+
+def test_every_public_check_hides_its_own_frame():
+    import inspect
+
+    public = [getattr(checks, n) for n in dir(checks) if n.startswith("check_")]
+    assert public and all(getattr(f, "_hides_frames", False) for f in public)
+    for f in public:  # the signature stays the one of the check (for help() and the docs)
+        assert "student_fn" in inspect.signature(f).parameters or f.__name__ in (
+            "check_auroc", "check_cac_results", "check_knn_sweep_result",
+            "check_msp_sweep_result"), f.__name__
+
+
+def test_stripping_leaves_the_students_frame_and_drops_the_checks_frames():
+    """In a kernel, the traceback of a failure inside the student's function goes from the
+    cell straight to the student's line: no frame of checks.py lies in between."""
+    try:
+        checks.check_knn(_raises_in_student_code)
+    except AssertionError as err:  # check_knn names the case, chained to the RuntimeError
+        caught = err
+    checks._strip_own_frames(caught)
+    for e in (caught, caught.__cause__):
+        files = []
+        tb = e.__traceback__
+        while tb is not None:
+            files.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        own = [i for i, f in enumerate(files) if f == checks.__file__]
+        assert own in ([], [len(files) - 1]), files  # at most the raising line, last
+    names = []
+    tb = caught.__cause__.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert "_raises_in_student_code" in names and "check_knn" not in names
+
+
+# ============================================================================ sweeps (02, 03)
+
+def test_sweep_result_check_reports_each_point(capsys, monkeypatch):
+    grid = {1: expected.Expected(80.0, 0.5, "test"), 5: expected.Expected(82.0, 0.5, "test")}
+    monkeypatch.setitem(expected.SWEEPS["miniclip"], "knn_sweep", grid)
+    checks.check_knn_sweep_result({1: 80.2, 5: 81.6, 7: 10.0}, "miniclip")  # extra k not graded
+    out = capsys.readouterr().out
+    assert "k = 1: 80.20" in out and "k = 5: 81.60" in out and "k = 7" not in out
+    with pytest.raises(AssertionError, match=r"k = 5: 81.40.*outside"):
+        checks.check_knn_sweep_result({1: 80.0, 5: 81.4}, "miniclip")
+    with pytest.raises(AssertionError, match="fractions"):
+        checks.check_knn_sweep_result({1: 0.80, 5: 0.82}, "miniclip")
+    with pytest.raises(AssertionError, match="no value for k = 5"):
+        checks.check_knn_sweep_result({1: 80.0}, "miniclip")
+    with pytest.raises(AssertionError, match="dict"):
+        checks.check_knn_sweep_result([80.0, 82.0], "miniclip")
+
+
+def test_sweep_result_check_without_a_recorded_sweep_uses_the_reference(monkeypatch):
+    monkeypatch.setitem(expected.SWEEPS, "miniclip", {})
+    monkeypatch.setattr(checks, "_knn_sweep_reference", lambda p, ks: {k: 70.0 + k for k in ks})
+    checks.check_knn_sweep_result({1: 71.05, 3: 72.95}, "miniclip")
+    with pytest.raises(AssertionError, match="reference run"):
+        checks.check_knn_sweep_result({1: 71.2}, "miniclip")
+
+
+def test_unknown_sweep_id_is_an_error():
+    with pytest.raises(ValueError, match="knn_sweep"):
+        expected.get_sweep_expected("k_sweep", "miniclip")

@@ -163,7 +163,8 @@ def graded_knn(tmp_path_factory):
 
 def test_grading_the_real_knn_notebook(graded_knn):
     parts = dict(graded_knn["parts"])
-    assert parts == {"knn_selfcheck": 2, "knn_auroc": 3}
+    assert parts == {"knn_selfcheck": 2, "knn_auroc": 3, "knn_sweep_selfcheck": 1,
+                     "knn_sweep_auroc": 2}
     by_student = {}
     for row in graded_knn["rows"]:
         by_student.setdefault(row["submission"].split("/")[0], {})[row["part"]] = row
@@ -173,7 +174,7 @@ def test_grading_the_real_knn_notebook(graded_knn):
     assert "NotImplementedError" in blank["knn_selfcheck"]["message"]
     assert (graded_knn["out"] / "grades.csv").exists()
     feedback = read(graded_knn["out"] / "blank" / "02_knn.ipynb")
-    assert feedback.cells[0].source.startswith("# Grading feedback: 0 / 5 points")
+    assert feedback.cells[0].source.startswith("# Grading feedback: 0 / 8 points")
 
 
 # ------------------------------------------------------------------ self-checks of 00 and 01

@@ -84,3 +84,18 @@ def test_plots_draw_and_validate():
         plots.image_grid(np.zeros((2, 4, 4)), ["only one"], ncols=2)
     with pytest.raises(ValueError, match="score_in"):
         plots.score_histograms(np.ones((2, 2)), s_out, "t")
+
+
+def test_batch_logit_matrix_sorts_rows_and_columns_by_class():
+    import matplotlib.pyplot as plt
+
+    labels = np.array([2, 0, 1, 0, 2])
+    logits = np.arange(25, dtype=float).reshape(5, 5)  # entry (i, j) = 5 i + j
+    ax = plots.batch_logit_matrix(logits, labels, ["a", "b", "c"], "t")
+    shown = ax.images[0].get_array()
+    order = [1, 3, 2, 0, 4]  # stable sort of the labels
+    np.testing.assert_array_equal(np.asarray(shown), logits[np.ix_(order, order)])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="B, B"):
+        plots.batch_logit_matrix(np.zeros((2, 3)), [0, 1], ["a", "b"])
+    plt.close("all")

@@ -24,7 +24,9 @@ from ood_utils.sandbox import unavailable_reason
 ROOT = Path(__file__).resolve().parent.parent
 KNN = ROOT / "notebooks" / "02_knn.ipynb"
 TOY = ROOT / "tests" / "fixtures" / "toy_course" / "02_toy.ipynb"
-POINTS = {"knn_selfcheck": 2, "knn_auroc": 3}
+KNN_POINTS = {"knn_selfcheck": 2, "knn_auroc": 3}  # the parts up to the next exercise
+SWEEP_POINTS = {"knn_sweep_selfcheck": 1, "knn_sweep_auroc": 2}  # the k sweep, its own exercise
+POINTS = {**KNN_POINTS, **SWEEP_POINTS}
 TOY_POINTS = {"squares_public": 2, "squares_edge": 1, "centre_public": 3}
 MEMORY = "3G"
 MAX_PROCS = 128
@@ -234,16 +236,16 @@ def test_fork_bomb_stops_at_the_process_limit(graded):
 
 def test_patching_the_checks_is_rejected(graded):
     rows = graded["table"]["patcher"]
-    assert scores(graded, "patcher") == dict.fromkeys(POINTS, 0)
-    for row in rows.values():
+    assert scores(graded, "patcher") == {**dict.fromkeys(KNN_POINTS, 0), **SWEEP_POINTS}
+    for row in (rows[p] for p in KNN_POINTS):
         assert row["status"] == "rejected"
         assert "ood_utils.checks" in row["message"] and "knn_exercise" in row["message"]
 
 
 def test_returning_the_reference_is_rejected(graded):
     rows = graded["table"]["copier"]
-    assert scores(graded, "copier") == dict.fromkeys(POINTS, 0)
-    for row in rows.values():
+    assert scores(graded, "copier") == {**dict.fromkeys(KNN_POINTS, 0), **SWEEP_POINTS}
+    for row in (rows[p] for p in KNN_POINTS):
         assert row["status"] == "rejected"
         assert "`knn_scores`, the reference implementation" in row["message"]
     feedback = nbformat.read(graded["out"] / "copier" / "02_knn.ipynb", as_version=4)

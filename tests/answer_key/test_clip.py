@@ -129,6 +129,28 @@ def loss_detached(u, v, s):
     return torch.tensor(loss_cross_entropy(u, v, s).item())
 
 
+def loss_scale_exponentiated_again(u, v, s):  # logit_scale.exp() on the exponentiated scale
+    return loss_cross_entropy(u, v, s.exp())
+
+
+def loss_reduction_sum(u, v, s):
+    logits = s * u @ v.T
+    t = torch.arange(len(u))
+    return (F.cross_entropy(logits, t, reduction="sum")
+            + F.cross_entropy(logits.T, t, reduction="sum")) / 2
+
+
+def loss_sigmoid_pairs(u, v, s):  # SigLIP-style: every pair a binary problem
+    logits = s * u @ v.T
+    return F.binary_cross_entropy_with_logits(logits, torch.eye(len(u)))
+
+
+def loss_sigmoid_siglip_sum(u, v, s):  # the SigLIP paper's normalisation: sum over pairs / B
+    logits = s * u @ v.T
+    signs = 2 * torch.eye(len(u)) - 1
+    return -F.logsigmoid(signs * logits).sum() / len(u)
+
+
 LOSS_CORRECT = [loss_cross_entropy, loss_logits_per_text, loss_log_softmax_diagonal,
                 loss_logsumexp, loss_loop, loss_open_clip]
 LOSS_MISTAKES = [
@@ -139,6 +161,10 @@ LOSS_MISTAKES = [
     (loss_labels_off, "targets are wrong"),
     (loss_summed, "summed instead of averaged"),
     (loss_detached, "without a gradient"),
+    (loss_scale_exponentiated_again, "exponentiated again"),
+    (loss_reduction_sum, "reduction='sum'"),
+    (loss_sigmoid_pairs, "sigmoid loss"),
+    (loss_sigmoid_siglip_sum, "sigmoid loss"),
 ]
 
 
@@ -326,15 +352,62 @@ def extract_feats_only(backbone, loader, device):
     return extract_reference_shape(backbone, loader, device)[0]
 
 
+def extract_drops_last_batch(backbone, loader, device):
+    backbone.eval()
+    feats, labels = [], []
+    with torch.no_grad():
+        for images, y in loader:
+            if len(images) < loader.batch_size:
+                break  # the last, shorter batch is skipped
+            feats.append(backbone(images).float())
+            labels.append(y.long())
+    return torch.cat(feats), torch.cat(labels)
+
+
+def extract_reversed_batches(backbone, loader, device):
+    backbone.eval()
+    with torch.no_grad():
+        pairs = [(backbone(x).float(), y.long()) for x, y in loader][::-1]
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+def extract_sorted_by_label(backbone, loader, device):
+    f, y = extract_reference_shape(backbone, loader, device)
+    order = torch.argsort(y, stable=True)
+    return f[order], y[order]
+
+
+def extract_normalised(backbone, loader, device):
+    f, y = extract_reference_shape(backbone, loader, device)
+    return F.normalize(f, dim=1), y
+
+
+def extract_eval_on_a_copy(backbone, loader, device):  # correct: the copy is in eval mode
+    frozen = copy.deepcopy(backbone).eval()
+    return extract_reference_shape(frozen, loader, device)
+
+
 EXTRACT_CORRECT = [extract_reference_shape, extract_no_grad_numpy, extract_with_tqdm,
-                   extract_preallocated, extract_detach]
+                   extract_preallocated, extract_detach, extract_eval_on_a_copy]
 EXTRACT_MISTAKES = [
     (extract_train_mode, "evaluation mode"),
     (extract_with_grad, "gradients"),
     (extract_float64, "float32"),
     (extract_shuffled_labels, "labels"),
     (extract_feats_only, "pair"),
+    (extract_drops_last_batch, "the last, shorter batch (7 images) is missing"),
+    (extract_reversed_batches, "another order"),
+    (extract_sorted_by_label, "another order"),
+    (extract_normalised, "L2-normalised"),
 ]
+
+
+@pytest.mark.parametrize("fn", [extract_drops_last_batch, extract_reversed_batches,
+                                extract_sorted_by_label, extract_normalised],
+                         ids=lambda f: f.__name__)
+def test_extract_mistakes_that_are_not_training_mode_do_not_blame_it(fn):
+    """Only a backbone left in training mode hears about evaluation mode."""
+    assert "evaluation mode" not in fails(checks.check_extract_features, fn)
 
 
 @pytest.mark.parametrize("fn", SPLIT_CORRECT, ids=lambda f: f.__name__)
@@ -433,6 +506,10 @@ def text_transposed(model, tokenizer, class_names, template="{}"):
     return text_reference_shape(model, tokenizer, class_names, template).T
 
 
+def text_sorted_names(model, tokenizer, class_names, template="{}"):
+    return text_reference_shape(model, tokenizer, sorted(class_names), template)
+
+
 TEXT_CORRECT = [text_reference_shape, text_manual_norm, text_numpy_float64, text_one_by_one,
                 text_library]
 TEXT_MISTAKES = [
@@ -440,6 +517,7 @@ TEXT_MISTAKES = [
     (text_template_ignored, "template is ignored"),
     (text_wrong_axis, "wrong axis"),
     (text_transposed, "do not transpose"),
+    (text_sorted_names, "sorted order"),
 ]
 
 
@@ -521,6 +599,10 @@ def logits_transposed(image_feats, projection, text_embeds, logit_scale):
     return logits_reference_shape(image_feats, projection, text_embeds, logit_scale).T
 
 
+def logits_divided_by_scale(image_feats, projection, text_embeds, logit_scale):
+    return logits_reference_shape(image_feats, projection, text_embeds, 1.0) / logit_scale
+
+
 LOGITS_CORRECT = [logits_reference_shape, logits_float32, logits_numpy, logits_cosine_similarity,
                   logits_einsum_batched, logits_with_autograd]
 LOGITS_MISTAKES = [
@@ -530,6 +612,7 @@ LOGITS_MISTAKES = [
     (logits_no_scale, "logit_scale is not applied"),
     (logits_scale_exponentiated_again, "exponentiated again"),
     (logits_transposed, "one row per IMAGE"),
+    (logits_divided_by_scale, "divided by logit_scale"),
 ]
 
 
@@ -684,3 +767,263 @@ def test_text_normalised_nowhere_misses_the_auroc(msp_inputs):
     value = msp_auroc(msp_inputs, text_fn=text_not_normalised,
                       logits_fn=logits_text_not_normalised)
     assert not auroc_passes(value), value
+
+
+# =================================================================== 03: projection and scale from the model
+
+def head_module(model):
+    return model.visual.head, model.logit_scale.exp().item()
+
+
+def head_linear_inside(model):  # the Linear inside the head (its dropout has p = 0)
+    return model.visual.head.proj, float(torch.exp(model.logit_scale))
+
+
+def head_detached_tensor(model):  # a 0-d tensor without gradient is a number too
+    return model.visual.head, model.logit_scale.detach().exp()
+
+
+def head_math_exp(model):
+    import math
+
+    return dict(model.visual.named_children())["head"], math.exp(model.logit_scale.item())
+
+
+def head_raw_parameter(model):
+    return model.visual.head, model.logit_scale.item()
+
+
+def head_tau(model):
+    return model.visual.head, 1 / model.logit_scale.exp().item()
+
+
+def head_parameter_with_grad(model):
+    return model.visual.head, model.logit_scale.exp()
+
+
+def head_trunk(model):
+    return model.visual.trunk, model.logit_scale.exp().item()
+
+
+def head_whole_tower(model):
+    return model.visual, model.logit_scale.exp().item()
+
+
+def head_normalising(model):
+    class Unit(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, h):
+            return F.normalize(self.inner(h), dim=-1)
+
+    return Unit(model.visual.head), model.logit_scale.exp().item()
+
+
+HEAD_CORRECT = [head_module, head_linear_inside, head_detached_tensor, head_math_exp]
+HEAD_MISTAKES = [
+    (head_raw_parameter, "log(1/tau)"),
+    (head_tau, "this is tau"),
+    (head_parameter_with_grad, "tracks gradients"),
+    (head_trunk, "fails on trunk features"),
+    (head_whole_tower, "fails on trunk features"),
+    (head_normalising, "normalises its output"),
+]
+
+
+@pytest.mark.parametrize("fn", HEAD_CORRECT, ids=lambda f: f.__name__)
+def test_head_correct_variants_pass_both_checks(fn, msp_inputs):
+    assert "public checks passed" in passes(checks.check_clip_head, fn)
+    projection, scale = fn(copy.deepcopy(msp_inputs["model"]))
+    inp = dict(msp_inputs, projection=projection, scale=float(scale))
+    assert auroc_passes(msp_auroc(inp))
+
+
+@pytest.mark.parametrize("fn, phrase", HEAD_MISTAKES, ids=lambda x: getattr(x, "__name__", ""))
+def test_head_mistakes_are_named(fn, phrase):
+    assert phrase in fails(checks.check_clip_head, fn)
+
+
+@pytest.mark.parametrize("fn", [head_raw_parameter, head_tau], ids=lambda f: f.__name__)
+def test_a_wrong_scale_also_misses_the_graded_auroc(fn, msp_inputs):
+    projection, scale = fn(copy.deepcopy(msp_inputs["model"]))
+    value = msp_auroc(dict(msp_inputs, projection=projection, scale=float(scale)))
+    assert not auroc_passes(value), (fn.__name__, value)
+
+
+# =================================================================== 03: the sweep over templates and T
+
+def _sweep_with(model, tokenizer, class_names, feats_in, feats_out, templates, temperatures,
+                text_fn=text_reference_shape, logits_fn=logits_reference_shape,
+                msp_fn=msp_torch_float64, how="divide"):
+    projection = model.visual.head
+    out = {}
+    for template in templates:
+        text = torch.as_tensor(np.asarray(text_fn(model, tokenizer, class_names, template)))
+        for t in temperatures:
+            with torch.no_grad():
+                if how == "divide":  # cosines once, divided by T
+                    pair = [msp_fn(logits_fn(f, projection, text, 1.0) / t)
+                            for f in (feats_in, feats_out)]
+                elif how == "scale":  # logits at scale 1/T
+                    pair = [msp_fn(logits_fn(f, projection, text, 1 / t))
+                            for f in (feats_in, feats_out)]
+                else:  # the planted mistake: multiplied by T
+                    pair = [msp_fn(logits_fn(f, projection, text, t)) for f in (feats_in, feats_out)]
+            out[(template, t)] = metrics.auroc(*pair)
+    return out
+
+
+def sweep_solution(model, tokenizer, class_names, feats_in, feats_out, templates, temperatures):
+    return _sweep_with(model, tokenizer, class_names, feats_in, feats_out, templates,
+                       temperatures)
+
+
+def sweep_scale_per_temperature(model, tokenizer, class_names, feats_in, feats_out, templates,
+                                temperatures):
+    return _sweep_with(model, tokenizer, class_names, feats_in, feats_out, templates,
+                       temperatures, how="scale")
+
+
+def sweep_float32_numpy(model, tokenizer, class_names, feats_in, feats_out, templates,
+                        temperatures):
+    return _sweep_with(model, tokenizer, class_names, feats_in, feats_out, templates,
+                       temperatures, logits_fn=logits_float32, msp_fn=msp_numpy)
+
+
+def sweep_scipy_closed_form(model, tokenizer, class_names, feats_in, feats_out, templates,
+                            temperatures):
+    return _sweep_with(model, tokenizer, class_names, feats_in, feats_out, templates,
+                       temperatures, logits_fn=logits_numpy, msp_fn=msp_closed_form)
+
+
+def sweep_multiplied_by_t(model, tokenizer, class_names, feats_in, feats_out, templates,
+                          temperatures):
+    return _sweep_with(model, tokenizer, class_names, feats_in, feats_out, templates,
+                       temperatures, how="multiply")
+
+
+def sweep_template_ignored(model, tokenizer, class_names, feats_in, feats_out, templates,
+                           temperatures):
+    return _sweep_with(model, tokenizer, class_names, feats_in, feats_out, templates,
+                       temperatures, text_fn=text_template_ignored)
+
+
+def sweep_fractions(model, tokenizer, class_names, feats_in, feats_out, templates, temperatures):
+    out = sweep_solution(model, tokenizer, class_names, feats_in, feats_out, templates,
+                         temperatures)
+    return {k: v / 100 for k, v in out.items()}
+
+
+def sweep_swapped(model, tokenizer, class_names, feats_in, feats_out, templates, temperatures):
+    return sweep_solution(model, tokenizer, class_names, feats_out, feats_in, templates,
+                          temperatures)
+
+
+def sweep_temperature_ignored(model, tokenizer, class_names, feats_in, feats_out, templates,
+                              temperatures):
+    out = {}
+    for template in templates:  # T never reaches the score: every T gives the T = 1 value
+        one = sweep_solution(model, tokenizer, class_names, feats_in, feats_out, (template,),
+                             (1.0,))[(template, 1.0)]
+        out.update({(template, t): one for t in temperatures})
+    return out
+
+
+def sweep_float32_softmax(model, tokenizer, class_names, feats_in, feats_out, templates,
+                          temperatures):  # msp_torch_float32: fine at tau, ties at small T
+    return _sweep_with(model, tokenizer, class_names, feats_in, feats_out, templates,
+                       temperatures, msp_fn=msp_torch_float32)
+
+
+def sweep_list(model, tokenizer, class_names, feats_in, feats_out, templates, temperatures):
+    return list(sweep_solution(model, tokenizer, class_names, feats_in, feats_out, templates,
+                               temperatures).values())
+
+
+SWEEP_CORRECT = [sweep_solution, sweep_scale_per_temperature, sweep_float32_numpy,
+                 sweep_scipy_closed_form]
+SWEEP_MISTAKES = [
+    (sweep_multiplied_by_t, "multiplied by T"),
+    (sweep_template_ignored, "bare-name row"),
+    (sweep_fractions, "fractions"),
+    (sweep_swapped, "100 minus"),
+    (sweep_temperature_ignored, "temperature never reaches"),
+    (sweep_list, "return a dict"),
+    (sweep_float32_softmax, "softmax runs in float32"),
+]
+
+
+@pytest.fixture(scope="module")
+def graded_sweep_grid():
+    from ood_utils.expected import get_sweep_expected
+
+    grid = list(get_sweep_expected("msp_sweep", PROFILE))
+    templates = tuple(dict.fromkeys(t for t, _ in grid))
+    temperatures = tuple(dict.fromkeys(T for _, T in grid))
+    return templates, temperatures
+
+
+def _run_sweep(fn, inp, grid):
+    templates, temperatures = grid
+    return fn(inp["model"], inp["tokenizer"], inp["names"], inp["id_test"], inp["ood_test"],
+              templates, temperatures)
+
+
+def sweep_result_passes(values) -> bool:
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            checks.check_msp_sweep_result(values, PROFILE)
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("fn", SWEEP_CORRECT, ids=lambda f: f.__name__)
+def test_sweep_correct_variants_pass_both_checks(fn, msp_inputs, graded_sweep_grid):
+    assert "public checks passed" in passes(checks.check_msp_sweep, fn)
+    assert sweep_result_passes(_run_sweep(fn, msp_inputs, graded_sweep_grid))
+
+
+@pytest.mark.parametrize("fn, phrase", SWEEP_MISTAKES, ids=lambda x: getattr(x, "__name__", ""))
+def test_sweep_mistakes_are_named(fn, phrase):
+    assert phrase in fails(checks.check_msp_sweep, fn)
+
+
+@pytest.mark.parametrize("fn", [sweep_multiplied_by_t, sweep_template_ignored, sweep_fractions,
+                                sweep_swapped, sweep_temperature_ignored, sweep_float32_softmax],
+                         ids=lambda f: f.__name__)
+def test_sweep_mistakes_also_miss_the_graded_sweep(fn, msp_inputs, graded_sweep_grid):
+    assert not sweep_result_passes(_run_sweep(fn, msp_inputs, graded_sweep_grid))
+
+
+def test_graded_sweep_names_the_float32_softmax(msp_inputs, graded_sweep_grid):
+    values = _run_sweep(sweep_float32_softmax, msp_inputs, graded_sweep_grid)
+    with pytest.raises(AssertionError, match="softmax runs in float32"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            checks.check_msp_sweep_result(values, PROFILE)
+
+
+def test_graded_sweep_needs_every_grid_point_and_ignores_extra_ones(msp_inputs,
+                                                                    graded_sweep_grid):
+    templates, temperatures = graded_sweep_grid
+    values = _run_sweep(sweep_solution, msp_inputs, (templates + ("a sketch of a {}.",),
+                                                     temperatures + (0.0805,)))
+    assert sweep_result_passes(values)
+    missing = dict(values)
+    missing.pop((templates[0], temperatures[0]))
+    with pytest.raises(AssertionError, match="no value for"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            checks.check_msp_sweep_result(missing, PROFILE)
+
+
+def test_recorded_msp_sweep_is_the_reference_sweep(graded_sweep_grid):
+    """The recorded miniclip grid equals the reference computed from the cached logits (the
+    path a profile without a recorded sweep takes)."""
+    from ood_utils.expected import get_sweep_expected
+
+    recorded = get_sweep_expected("msp_sweep", PROFILE)
+    live = checks._msp_sweep_reference(PROFILE, list(recorded))
+    for key, entry in recorded.items():
+        assert abs(live[key] - entry.value) <= entry.tol, (key, live[key], entry)

@@ -187,3 +187,131 @@ def test_no_normalisation_also_fails_the_auroc_check(feats):
     # the mistake with the least obvious effect on real features is also caught there
     with pytest.raises(AssertionError, match="knn"):
         checks.check_auroc("knn", _auroc(no_normalisation, feats), "miniclip")
+
+
+# =========================================================================== the sweep over k
+
+def sweep_per_k(train_feats, test_in, test_out, ks, chunk_size=2048):  # one call per k
+    return {k: metrics.auroc(torch_topk_chunked(train_feats, test_in, k, chunk_size),
+                             torch_topk_chunked(train_feats, test_out, k, chunk_size))
+            for k in ks}
+
+
+@torch.no_grad()
+def sweep_one_topk(train_feats, test_in, test_out, ks, chunk_size=2048):
+    bank = F.normalize(train_feats.float(), dim=1)
+    tops = []
+    for q in (test_in, test_out):
+        q = F.normalize(q.float(), dim=1)
+        tops.append(torch.cat([(q[s:s + chunk_size] @ bank.T).topk(max(ks), dim=1).values
+                               for s in range(0, len(q), chunk_size)]))
+    return {k: metrics.auroc(tops[0][:, k - 1], tops[1][:, k - 1]) for k in ks}
+
+
+def sweep_numpy_sklearn_auc(train_feats, test_in, test_out, ks, chunk_size=2048):
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for k in ks:
+        a = numpy_partition_float32(train_feats, test_in, k, chunk_size)
+        b = numpy_partition_float32(train_feats, test_out, k, chunk_size)
+        out[k] = 100 * roc_auc_score(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b])
+    return out
+
+
+def sweep_sklearn_neighbors(train_feats, test_in, test_out, ks, chunk_size=2048):
+    nn = NearestNeighbors(n_neighbors=min(max(ks), len(train_feats)), metric="cosine",
+                          algorithm="brute").fit(np.asarray(train_feats))
+    sims = [1 - nn.kneighbors(np.asarray(t))[0] for t in (test_in, test_out)]
+    return {k: metrics.auroc(sims[0][:, k - 1], sims[1][:, k - 1]) for k in ks}
+
+
+def sweep_k_plus_one(train_feats, test_in, test_out, ks, chunk_size=2048):
+    return {k: metrics.auroc(k_plus_one_neighbour(train_feats, test_in, k, chunk_size),
+                             k_plus_one_neighbour(train_feats, test_out, k, chunk_size))
+            for k in ks}
+
+
+def sweep_fractions(train_feats, test_in, test_out, ks, chunk_size=2048):
+    return {k: v / 100 for k, v in sweep_per_k(train_feats, test_in, test_out, ks).items()}
+
+
+def sweep_swapped(train_feats, test_in, test_out, ks, chunk_size=2048):
+    return sweep_per_k(train_feats, test_out, test_in, ks)
+
+
+def sweep_k_ignored(train_feats, test_in, test_out, ks, chunk_size=2048):
+    return {k: metrics.auroc(torch_topk_chunked(train_feats, test_in, 1),
+                             torch_topk_chunked(train_feats, test_out, 1)) for k in ks}
+
+
+def sweep_list(train_feats, test_in, test_out, ks, chunk_size=2048):
+    return list(sweep_per_k(train_feats, test_in, test_out, ks).values())
+
+
+SWEEP_CORRECT = [sweep_per_k, sweep_one_topk, sweep_numpy_sklearn_auc, sweep_sklearn_neighbors]
+SWEEP_MISTAKES = {
+    sweep_k_plus_one: "(k+1)-th neighbour",
+    sweep_fractions: "fractions",
+    sweep_swapped: "100 minus",
+    sweep_k_ignored: "value of the sweep is the same",
+    sweep_list: "return a dict",
+}
+
+
+@pytest.fixture(scope="module")
+def graded_ks():
+    from ood_utils.expected import get_sweep_expected
+
+    return tuple(get_sweep_expected("knn_sweep", "miniclip"))
+
+
+def _sweep_passes(values) -> bool:
+    try:
+        checks.check_knn_sweep_result(values, "miniclip")
+    except AssertionError:
+        return False
+    return True
+
+
+def _real_sweep(fn, feats, ks):
+    return fn(feats["id_train_feats"], feats["id_test_feats"], feats["ood_test_feats"], ks)
+
+
+@pytest.mark.parametrize("fn", SWEEP_CORRECT, ids=lambda f: f.__name__)
+def test_sweep_correct_variant_passes_both_checks(fn, feats, graded_ks):
+    checks.check_knn_sweep(fn)
+    assert _sweep_passes(_real_sweep(fn, feats, graded_ks))
+
+
+@pytest.mark.parametrize("fn", list(SWEEP_MISTAKES), ids=lambda f: f.__name__)
+def test_sweep_mistake_is_named_by_the_self_check(fn):
+    with pytest.raises(AssertionError) as caught:
+        checks.check_knn_sweep(fn)
+    assert SWEEP_MISTAKES[fn] in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("fn", [sweep_k_plus_one, sweep_fractions, sweep_swapped,
+                                sweep_k_ignored], ids=lambda f: f.__name__)
+def test_sweep_mistake_also_misses_the_graded_sweep(fn, feats, graded_ks):
+    assert not _sweep_passes(_real_sweep(fn, feats, graded_ks))
+
+
+def test_graded_sweep_names_missing_k_and_ignores_extra_k(feats, graded_ks):
+    values = _real_sweep(sweep_one_topk, feats, graded_ks + (2, 20))
+    assert _sweep_passes(values)
+    del values[graded_ks[-1]]
+    with pytest.raises(AssertionError, match=f"k = {graded_ks[-1]}"):
+        checks.check_knn_sweep_result(values, "miniclip")
+
+
+def test_recorded_knn_sweep_is_the_reference_sweep(graded_ks):
+    """The recorded miniclip grid equals the reference computed from the cached features (the
+    path a profile without a recorded sweep takes); k = 1 is the graded kNN entry."""
+    from ood_utils.expected import get_expected, get_sweep_expected
+
+    recorded = get_sweep_expected("knn_sweep", "miniclip")
+    live = checks._knn_sweep_reference("miniclip", graded_ks)
+    for k, entry in recorded.items():
+        assert abs(live[k] - entry.value) <= entry.tol, (k, live[k], entry)
+    assert abs(recorded[1].value - get_expected("knn", "miniclip").value) <= 0.1
