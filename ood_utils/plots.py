@@ -569,9 +569,9 @@ def score_scatter(x_in: Any, y_in: Any, x_out: Any, y_out: Any, xlabel: str, yla
         raise ValueError("x_in/y_in and x_out/y_out must have one value per image each")
     ax = _axes(ax, figsize=(5.5, 5))
     ii, io = _subsample(len(xi), most, 0), _subsample(len(xo), most, 1)
-    ax.scatter(xi[ii], yi[ii], s=3, alpha=0.35, color="tab:blue", label="ID test", rasterized=True)
     ax.scatter(xo[io], yo[io], s=3, alpha=0.35, color="tab:red", label="OOD test",
                rasterized=True)
+    ax.scatter(xi[ii], yi[ii], s=3, alpha=0.35, color="tab:blue", label="ID test", rasterized=True)
     if log:
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -41,7 +41,7 @@ def stats_np_cov(train_feats, train_labels):
     return torch.from_numpy(means), torch.from_numpy(cov)
 
 
-def stats_by_hand(train_feats, train_labels):
+def _stats_by_hand(train_feats, train_labels):
     groups = _groups(_np(train_feats), train_labels)
     means, cov = [], 0.0
     for g in groups:
@@ -49,7 +49,12 @@ def stats_by_hand(train_feats, train_labels):
         diff = g - mu
         cov = cov + diff.T @ diff / (len(g) - 1)
         means.append(mu)
-    return torch.as_tensor(np.array(means)), torch.as_tensor(cov / len(groups))
+    return np.array(means), cov / len(groups)
+
+
+def stats_by_hand(train_feats, train_labels):
+    means, cov = _stats_by_hand(train_feats, train_labels)
+    return torch.as_tensor(means), torch.as_tensor(cov)
 
 
 def stats_torch_loop_counts(train_feats, train_labels):
@@ -162,7 +167,7 @@ def maha_np_inv_loop(train_feats, train_labels, test_feats, relative=False):
 def maha_np_pinv(train_feats, train_labels, test_feats, relative=False):
     """NumPy, np.linalg.pinv with its default cut-off, the expansion (vectorised)."""
     train, test = _np(train_feats), _np(test_feats)
-    means, cov = stats_by_hand(train, train_labels)
+    means, cov = _stats_by_hand(train, train_labels)
     prec = np.linalg.pinv(cov)
     tp = test @ prec
     d2 = (tp * test).sum(1)[:, None] - 2 * tp @ means.T + ((means @ prec) * means).sum(1)
@@ -176,7 +181,7 @@ def maha_np_pinv(train_feats, train_labels, test_feats, relative=False):
 def maha_scipy_pinvh(train_feats, train_labels, test_feats, relative=False):
     """SciPy pinvh, hand-written covariance, a (M, C, D) broadcast (small C only)."""
     train, test = _np(train_feats), _np(test_feats)
-    means, cov = stats_by_hand(train, train_labels)
+    means, cov = _stats_by_hand(train, train_labels)
     prec = scipy.linalg.pinvh(cov)
     diff = test[:, None, :] - means[None]
     d2 = np.einsum("mcd,de,mce->mc", diff, prec, diff, optimize=True)
