@@ -853,6 +853,7 @@ def check_pseudo_labels(student_fn: Callable) -> None:
     """
     from .scores import pseudo_labels
 
+    __tracebackhide__ = True
     _require_callable(student_fn)
     name = _fn_name(student_fn)
     for n, c, seed in [(9, 4, 0), (3, 7, 1), (5, 5, 2)]:
@@ -882,30 +883,47 @@ def check_pseudo_labels(student_fn: Callable) -> None:
                                   else np.issubdtype(dtype, np.floating)):
             raise AssertionError(f"{name} returned {dtype} values ({case}); class indices must "
                                  f"be integers (torch.int64): cross-entropy needs them so")
+        if dtype is not None and dtype not in (torch.int64, np.dtype(np.int64)):
+            raise AssertionError(
+                f"{name} returned {dtype} class indices ({case}); F.cross_entropy accepts "
+                f"class indices only as int64 (torch.long) and fails on {dtype} with a dtype "
+                f"error later, in the training: convert with .long() (argmax already returns "
+                f"int64)")
     _passed(name)
 
 
 def _probe_runs(x: torch.Tensor, y: torch.Tensor, c: int, epochs: int, lr: float, seed: int,
-                optimizer: str = "adam") -> list[tuple[dict, float, float]]:
+                optimizer: str = "adam", zero_grad: bool = True, bias: bool = True,
+                batch_size: int | None = None) -> list[tuple[dict, float, float]]:
     """Full-batch training as notebook 04 prescribes; per epoch (weights after the step,
-    training accuracy before the step, training accuracy after the step)."""
+    training accuracy before the step, training accuracy after the step).
+
+    The other arguments plant one mistake each (only to name it): SGD, no ``zero_grad``
+    (gradients accumulate over the epochs), ``nn.Linear(..., bias=False)``, or mini-batches of
+    ``batch_size`` rows in order (the accuracy "before" is then that of the last batch's
+    forward pass and is not used)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        layer = torch.nn.Linear(x.shape[1], c)
+        layer = torch.nn.Linear(x.shape[1], c, bias=bias)
     opt = (torch.optim.Adam(layer.parameters(), lr=lr) if optimizer == "adam"
            else torch.optim.SGD(layer.parameters(), lr=lr))
     runs = []
+    step = len(x) if batch_size is None else batch_size
     for _ in range(epochs):
-        logits = layer(x)
-        before = float((logits.argmax(dim=1) == y).double().mean())
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        for start in range(0, len(x), step):
+            logits = layer(x[start:start + step])
+            before = float((logits.argmax(dim=1) == y[start:start + step]).double().mean())
+            loss = torch.nn.functional.cross_entropy(logits, y[start:start + step])
+            if zero_grad:
+                opt.zero_grad()
+            loss.backward()
+            opt.step()
         with torch.no_grad():
             after = float((layer(x).argmax(dim=1) == y).double().mean())
-        runs.append(({k: v.detach().clone() for k, v in layer.state_dict().items()},
-                     before, after))
+        state = {k: v.detach().clone() for k, v in layer.state_dict().items()}
+        if not bias:
+            state["bias"] = torch.zeros(c)
+        runs.append((state, before, after))
     return runs
 
 
@@ -926,12 +944,16 @@ def check_train_probe(student_fn: Callable) -> None:
     accuracy are returned. The check trains the reference on small random problems and
     compares the returned layer's logits. Accepted selection rules: the accuracy after the
     epoch's step (earliest or latest epoch on ties), or the accuracy measured on the epoch's
-    own forward pass (as the original assignment's training loop does).
+    own forward pass (as the original assignment's training loop does). The third problem has
+    more rows (600) than the usual mini-batch sizes, so mini-batches are told apart from the
+    full batch.
     """
+    __tracebackhide__ = True
     _require_callable(student_fn)
     name = _fn_name(student_fn)
-    # both cases reach their best training accuracy before the last epoch
-    for n, d, c, epochs, lr, seed in [(90, 5, 3, 14, 0.2, 0), (60, 4, 4, 12, 1.0, 3)]:
+    # every case reaches its best training accuracy before the last epoch
+    for n, d, c, epochs, lr, seed in [(90, 5, 3, 14, 0.2, 0), (60, 4, 4, 12, 1.0, 3),
+                                      (600, 5, 3, 10, 0.3, 5)]:
         g = _gen(80 + seed)
         centres = torch.randn(c, d, generator=g) * 1.5
         y = torch.randint(0, c, (n,), generator=g)
@@ -963,29 +985,46 @@ def check_train_probe(student_fn: Callable) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             init = torch.nn.Linear(d, c).state_dict()
+        has_bias = getattr(layer, "bias", 0) is not None
+
+        def variant(**kw):
+            return [logits_of(_pick(_probe_runs(x, y, c, epochs, lr, seed, **kw), key, latest))
+                    for key in (2, 1) for latest in (False, True)]
+
         hints = {
-            "these are the weights of the LAST epoch: keep a copy of the best epoch's "
-            "weights (copy.deepcopy(layer.state_dict()); state_dict() alone returns the live "
-            "tensors, which later steps overwrite) and load them at the end":
-                logits_of(runs[-1][0]),
+            "the returned weights are those of the LAST epoch, not of the best one. Either "
+            "the best epoch's copy is never loaded back (layer.load_state_dict(best) before "
+            "returning), or no copy was kept: state_dict() alone returns the live tensors, "
+            "which later steps overwrite (copy.deepcopy(layer.state_dict()))":
+                [logits_of(runs[-1][0])],
             "the layer is untrained (its initial weights): run the optimizer steps":
-                logits_of(init),
+                [logits_of(init)],
+            "the layer has no bias (nn.Linear(..., bias=False)): the probe is A h + b, keep "
+            "nn.Linear's default bias=True": variant(bias=False) if not has_bias else [],
+            "optimizer.zero_grad() is missing: without it every backward() ADDS to the "
+            "gradients of the earlier epochs, so each step follows their running sum; reset "
+            "them once per step, before backward()": variant(zero_grad=False),
             "SGD instead of Adam: use torch.optim.Adam(layer.parameters(), lr=lr)":
-                logits_of(_pick(_probe_runs(x, y, c, epochs, lr, seed, "sgd"), 2, False)),
+                variant(optimizer="sgd"),
             "the epoch with the LOWEST training accuracy was kept: keep the highest":
-                logits_of(runs[int(np.argmin([r[2] for r in runs]))][0]),
+                [logits_of(runs[int(np.argmin([r[2] for r in runs]))][0])],
         }
-        for message, candidate in hints.items():
-            if _close(got, candidate, 1e-3, 1e-4):
+        for size in (32, 64, 128, 256, 512):
+            if size < n:
+                hints[f"mini-batches ({size} rows per step): the course trains full-batch, one "
+                      f"step per epoch on ALL rows at once (no DataLoader, no shuffling)"] = \
+                    variant(batch_size=size)
+        for message, candidates in hints.items():
+            if any(_close(got, cand, 1e-3, 1e-4) for cand in candidates):
                 raise AssertionError(f"{name}: wrong probe ({case}). Likely cause: {message}.")
         raise AssertionError(
             f"{name}: the returned layer's logits differ from the prescribed training ({case}; "
             f"largest difference {np.max(np.abs(got - accepted[0])):.3g}). Check, in this "
             f"order: torch.manual_seed(seed) immediately before nn.Linear(D, num_classes) "
             f"(no other random call in between); torch.optim.Adam with lr; full batch (one "
-            f"step per epoch on ALL rows, no shuffling or mini-batches); cross-entropy with "
-            f"the targets passed in (not other labels); the best training accuracy chooses "
-            f"the weights returned")
+            f"step per epoch on ALL rows, no shuffling or mini-batches); zero_grad before "
+            f"every backward; cross-entropy with the targets passed in (not other labels); "
+            f"the best training accuracy chooses the weights returned")
     _passed(name)
 
 
@@ -998,6 +1037,7 @@ def check_probe_msp(student_fn: Callable) -> None:
     """
     from .scores import msp_scores, probe_logits
 
+    __tracebackhide__ = True
     _require_callable(student_fn)
     name = _fn_name(student_fn)
     for n, d, c, seed in [(10, 6, 4, 0), (7, 3, 9, 1)]:
@@ -1040,9 +1080,15 @@ def check_probe_msp(student_fn: Callable) -> None:
 # --------------------------------------------------------------------------- Mahalanobis (VI, VII)
 
 _NOT_OUR_CONVENTION = (
-    "the shared covariance is weighted by class size (the pooled estimator of Lee et al. "
-    "2018): a valid estimator, but not this course's convention, which is the PLP paper's "
-    "unweighted mean (1/C) sum_c Sigma_c of the per-class covariances")
+    "the shared covariance is weighted by class size (the class-centred rows pooled): a valid "
+    "estimator (Lee et al. 2018 divide the pooled scatter by N; dividing by N - C makes it "
+    "unbiased), but not this course's convention, which is the PLP paper's unweighted mean "
+    "(1/C) sum_c Sigma_c of the per-class covariances")
+_POOLED_N_MINUS_C = _NOT_OUR_CONVENTION + " (here: pooled and divided by N - C)"
+_POOLED_N = _NOT_OUR_CONVENTION + " (here: pooled and divided by N, as Lee et al. do)"
+_SINGLETON = ("a class with a single training sample was kept: its covariance is undefined "
+              "(0/0 for the unbiased estimator), so skip every class with fewer than two "
+              "samples, for the means as well as for the shared covariance")
 
 
 def _maha_variants(train: np.ndarray, labels: np.ndarray, test: np.ndarray) -> dict:
@@ -1052,10 +1098,14 @@ def _maha_variants(train: np.ndarray, labels: np.ndarray, test: np.ndarray) -> d
     weighted, divided by N - C or N), ``per_class`` (one covariance per class),
     ``uncentred`` (second moments instead of covariances), ``bg`` (the right background),
     ``bg_test`` (background Gaussian fitted to the test rows), ``bg_means`` (background
-    fitted to the class means instead of all training rows).
+    fitted to the class means instead of all training rows), ``bg_biased`` (background
+    covariance divided by N), ``bg_shared`` (background distance with the shared covariance
+    instead of Sigma_0); where a class has a single sample, ``single_kept`` (its mean kept as a
+    class) and ``single_kept_zero`` (its mean kept and a zero covariance averaged in).
     """
     classes = np.unique(labels)
     groups = [train[labels == c] for c in classes if (labels == c).sum() > 1]
+    singles = [train[labels == c] for c in classes if (labels == c).sum() == 1]
     means = np.stack([g.mean(0) for g in groups])
     covs = [np.cov(g, rowvar=False) for g in groups]
     shared = np.mean(covs, axis=0)
@@ -1065,37 +1115,50 @@ def _maha_variants(train: np.ndarray, labels: np.ndarray, test: np.ndarray) -> d
 
     def sq(x, mu, prec):
         diff = x - mu
-        return np.einsum("nd,de,ne->n", diff, prec, diff)
+        return ((diff @ prec) * diff).sum(1)
 
-    def dists(cov):
+    def dists(cov, mus=means):
         prec = np.linalg.pinv(cov, hermitian=True)
-        return np.stack([sq(test, m, prec) for m in means], 1)
+        return np.stack([sq(test, m, prec) for m in mus], 1)
 
     out = {"shared": dists(shared), "pooled": dists(centred.T @ centred / (n - c)),
            "weighted_n": dists(centred.T @ centred / n), "uncentred": dists(uncentred),
            "per_class": np.stack([sq(test, m, np.linalg.pinv(cv, hermitian=True))
                                   for m, cv in zip(means, covs)], 1)}
-    out["bg"] = sq(test, train.mean(0), np.linalg.pinv(np.cov(train, rowvar=False)))
+    cov0 = np.cov(train, rowvar=False)
+    out["bg"] = sq(test, train.mean(0), np.linalg.pinv(cov0))
     out["bg_test"] = sq(test, test.mean(0), np.linalg.pinv(np.cov(test, rowvar=False)))
     out["bg_means"] = sq(test, means.mean(0), np.linalg.pinv(
         np.cov(means, rowvar=False) if c > 1 else np.eye(train.shape[1])))
+    out["bg_biased"] = sq(test, train.mean(0), np.linalg.pinv(cov0 * (len(train) - 1)
+                                                              / len(train)))
+    out["bg_shared"] = sq(test, train.mean(0), np.linalg.pinv(shared, hermitian=True))
+    if singles:
+        all_means = np.stack([train[labels == k].mean(0) for k in classes])
+        out["single_kept"] = dists(shared, all_means)
+        out["single_kept_zero"] = dists(np.sum(covs, axis=0) / len(classes), all_means)
     return out
 
 
 def _maha_hints(v: dict, relative: bool) -> dict:
     """Failure messages and the scores of the wrong variant each one describes."""
+    single = {}
     if relative:
         bg = v["bg"][:, None]
+        if "single_kept" in v:
+            single = {_SINGLETON: -(v["single_kept"] - bg).min(1),
+                      _SINGLETON + " (here with a zero covariance averaged in)":
+                          -(v["single_kept_zero"] - bg).min(1)}
         return {
+            **single,
             "the background term is not subtracted (that is plain MD, not RMD)":
                 -v["shared"].min(1),
             "the sign is flipped: RMD scores are -min_c (d_c^2 - d_0^2)":
                 (v["shared"] - bg).min(1),
             "one covariance per class instead of the shared (averaged) covariance":
                 -(v["per_class"] - bg).min(1),
-            _NOT_OUR_CONVENTION: -(v["pooled"] - bg).min(1),
-            _NOT_OUR_CONVENTION + " (and divided by N instead of N - C)":
-                -(v["weighted_n"] - bg).min(1),
+            _POOLED_N_MINUS_C: -(v["pooled"] - bg).min(1),
+            _POOLED_N: -(v["weighted_n"] - bg).min(1),
             "the covariances are computed without subtracting the class means (centre every "
             "class on its mean first)": -(v["uncentred"] - bg).min(1),
             "the background Gaussian is fitted to the TEST features; fit mu_0 and Sigma_0 to "
@@ -1103,16 +1166,27 @@ def _maha_hints(v: dict, relative: bool) -> dict:
                 -(v["shared"] - v["bg_test"][:, None]).min(1),
             "the background Gaussian is fitted to the class means; fit mu_0 and Sigma_0 to all "
             "training features": -(v["shared"] - v["bg_means"][:, None]).min(1),
+            "the background covariance is biased (divided by N): Sigma_0 is the unbiased "
+            "covariance of all training features (np.cov / torch.cov default, N - 1)":
+                -(v["shared"] - v["bg_biased"][:, None]).min(1),
+            "the background distance d_0^2 uses the shared class covariance: the background "
+            "Gaussian has its own covariance Sigma_0, that of ALL training features around "
+            "their mean": -(v["shared"] - v["bg_shared"][:, None]).min(1),
             "the max over classes instead of the min (wrong reduction)":
                 -(v["shared"] - bg).max(1),
         }
+    if "single_kept" in v:
+        single = {_SINGLETON: -v["single_kept"].min(1),
+                  _SINGLETON + " (here with a zero covariance averaged in)":
+                      -v["single_kept_zero"].min(1)}
     return {
+        **single,
         "the minus sign is missing: the score is -min_c d_c^2 (higher = more ID)":
             v["shared"].min(1),
         "one covariance per class instead of the shared (averaged) covariance":
             -v["per_class"].min(1),
-        _NOT_OUR_CONVENTION: -v["pooled"].min(1),
-        _NOT_OUR_CONVENTION + " (and divided by N instead of N - C)": -v["weighted_n"].min(1),
+        _POOLED_N_MINUS_C: -v["pooled"].min(1),
+        _POOLED_N: -v["weighted_n"].min(1),
         "the covariances are computed without subtracting the class means (centre every class "
         "on its mean first)": -v["uncentred"].min(1),
         "the distance of the LAST/any class instead of the nearest class mean (min over c)":
@@ -1123,7 +1197,8 @@ def _maha_hints(v: dict, relative: bool) -> dict:
 
 
 def _maha_data(seed: int, sizes=(30, 21, 14), d: int = 4, nearly_singular: bool = False):
-    """Classes of unequal size with clearly different covariances, as float32 tensors."""
+    """Classes of unequal size with clearly different covariances, as float32 tensors (a class
+    of size 1 is a single row near its centre)."""
     g = _gen(seed)
     rows, labels = [], []
     for c, n in enumerate(sizes):
@@ -1133,6 +1208,9 @@ def _maha_data(seed: int, sizes=(30, 21, 14), d: int = 4, nearly_singular: bool 
         labels.append(torch.full((n,), c, dtype=torch.int64))
     train = torch.cat(rows)
     test = torch.randn(9, d, generator=g) * 5
+    if 1 in sizes:  # test rows right next to the single sample: keeping it changes their score
+        lone = rows[list(sizes).index(1)]
+        test = torch.cat([test, lone + 0.1 * torch.randn(3, d, generator=g)])
     if nearly_singular:
         # the last column is almost the sum of the first two (up to 1e-4): the covariance has
         # an eigenvalue ~1e-8, as real network features do (LayerNorm, ReLU); float32 fails
@@ -1141,30 +1219,72 @@ def _maha_data(seed: int, sizes=(30, 21, 14), d: int = 4, nearly_singular: bool 
     return train.float(), torch.cat(labels), test.float()
 
 
+def _call_stats(student_fn, name, train, labels, case):
+    """The student's class statistics; a known crash becomes a message naming its cause."""
+    __tracebackhide__ = True
+    try:
+        return student_fn(train.clone(), labels.clone())
+    except RuntimeError as err:
+        if "stack expects each tensor to be equal size" in str(err):
+            raise AssertionError(
+                f"{name} failed in torch.stack ({case}): the per-class covariances have "
+                f"different shapes. torch.cov treats each ROW as a variable and each column as "
+                f"an observation, so torch.cov(g) of a (n_c, D) block is (n_c, n_c); use "
+                f"torch.cov(g.T) (or np.cov(g, rowvar=False)) for the (D, D) covariance"
+            ) from None
+        raise
+
+
+def _require_float64_tensor(value, name: str, what: str, case: str) -> None:
+    __tracebackhide__ = True
+    if isinstance(value, np.ndarray):
+        raise AssertionError(
+            f"{name} returned {what} as a NumPy array ({case}); return torch tensors "
+            f"(torch.from_numpy(...) or torch.as_tensor(...)): mahalanobis_exercise and the "
+            f"notebooks' cells compute on them with torch operations")
+    if isinstance(value, torch.Tensor) and value.dtype != torch.float64:
+        raise AssertionError(
+            f"{name} returned {what} as {value.dtype} ({case}); compute and return them in "
+            f"float64 (.double() on the features first): the inverse of a nearly singular "
+            f"covariance is wrong in float32, and mixing float32 with float64 tensors in "
+            f"mahalanobis_exercise fails with a dtype error")
+
+
 def check_class_statistics(student_fn: Callable) -> None:
     """Self-check of ``class_statistics_exercise(train_feats, train_labels)``.
 
-    The function returns ``(means, shared_cov)``: the class means ``(C, D)`` in the order of
-    the sorted class ids and the course's shared covariance ``(D, D)``, the unweighted mean of
-    the per-class unbiased covariances. Classes of unequal size and spread tell the course's
-    convention apart from the class-size-weighted (pooled) estimator.
+    The function returns ``(means, shared_cov)``: float64 torch tensors, the class means
+    ``(C, D)`` in the order of the sorted class ids and the course's shared covariance
+    ``(D, D)``, the unweighted mean of the per-class unbiased covariances. Classes of unequal
+    size and spread tell the course's convention apart from the class-size-weighted (pooled)
+    estimator; the third case has a class with a single sample, which must be skipped.
     """
+    import warnings
+
     from .scores import _class_statistics
 
+    __tracebackhide__ = True
     _require_callable(student_fn)
     name = _fn_name(student_fn)
-    for seed, sizes in [(0, (30, 21, 14)), (1, (18, 25))]:
+    for seed, sizes in [(0, (30, 21, 14)), (1, (18, 25)), (4, (30, 1, 21, 14))]:
         train, labels, _ = _maha_data(seed, sizes)
         case = f"{len(sizes)} classes of sizes {sizes}, train {tuple(train.shape)}"
-        out = student_fn(train.clone(), labels.clone())
+        if 1 in sizes:
+            case += "; one class has a single sample"
+        out = _call_stats(student_fn, name, train, labels, case)
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise AssertionError(f"{name} must return a pair (means, shared_cov), got "
                                  f"{type(out).__name__}")
         means = _as_array(out[0], name, "the class means, shape (C, D)")
         cov = _as_array(out[1], name, "the shared covariance, shape (D, D)")
-        _, want_means, want_cov, _, _ = _class_statistics(train.double(), labels, False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, want_means, want_cov, _, _ = _class_statistics(train.double(), labels, False)
         want_means, want_cov = want_means.numpy(), want_cov.numpy()
         c, d = want_means.shape
+        if means.shape == (len(sizes), d) and len(sizes) != c:
+            raise AssertionError(f"{name} returned {len(sizes)} class means, expected {c} "
+                                 f"({case}). Likely cause: {_SINGLETON}")
         if cov.shape == (c, c) and c != d or cov.shape[0] not in (d,):
             raise AssertionError(
                 f"{name} returned a covariance of shape {cov.shape}, expected {(d, d)} ({case}). "
@@ -1172,14 +1292,16 @@ def check_class_statistics(student_fn: Callable) -> None:
                 "for a (n_c, D) block of rows use torch.cov(x.T) (or np.cov(x, rowvar=False))")
         _compare(means, want_means, name + " (means)", case, "one mean per class, rows in the "
                  "order of the sorted class ids")
+        if 1 in sizes and not np.all(np.isfinite(cov)):
+            raise AssertionError(f"{name} returned NaN in the shared covariance ({case}). "
+                                 f"Likely cause: {_SINGLETON}")
         x, y = train.double().numpy(), labels.numpy()
-        groups = [x[y == k] for k in np.unique(y)]
+        groups = [x[y == k] for k in np.unique(y) if (y == k).sum() > 1]
         centred = np.concatenate([g - g.mean(0) for g in groups])
-        n = len(x)
+        n = len(centred)
         hints = {
-            _NOT_OUR_CONVENTION: centred.T @ centred / (n - c),
-            _NOT_OUR_CONVENTION + " (and divided by N instead of N - C)":
-                centred.T @ centred / n,
+            _POOLED_N_MINUS_C: centred.T @ centred / (n - c),
+            _POOLED_N: centred.T @ centred / n,
             "the per-class covariances are biased (divided by n_c instead of n_c - 1); use "
             "the unbiased estimator (np.cov / torch.cov default)":
                 np.mean([np.cov(g, rowvar=False, bias=True) for g in groups], axis=0),
@@ -1188,18 +1310,89 @@ def check_class_statistics(student_fn: Callable) -> None:
             "this is the covariance of ALL training rows (the background Sigma_0), not the "
             "mean of the per-class covariances": np.cov(x, rowvar=False),
         }
+        if 1 in sizes:
+            hints[_SINGLETON + " (here with a zero covariance averaged in)"] = \
+                np.sum([np.cov(g, rowvar=False) for g in groups], axis=0) / len(sizes)
         _compare(cov, want_cov, name + " (shared covariance)", case, "a (D, D) matrix", hints)
+        _require_float64_tensor(out[0], name, "the class means", case)
+        _require_float64_tensor(out[1], name, "the shared covariance", case)
     _passed(name)
 
 
 def _check_maha_case(student_fn, reference, name, train, labels, test, relative, case,
                      variants) -> None:
-    got = _as_array(student_fn(train.clone(), labels.clone(), test.clone(), relative=relative),
-                    name, "one score per test row")
-    want = _as_array(reference(train, labels, test, relative=relative),
-                     "mahalanobis_scores", "")
+    import warnings
+
+    __tracebackhide__ = True
+    try:
+        result = student_fn(train.clone(), labels.clone(), test.clone(), relative=relative)
+    except Exception as err:
+        if "single training sample" not in case:
+            raise
+        raise AssertionError(f"{name} failed ({type(err).__name__}: {err}) on a case with a "
+                             f"single-sample class ({case}). Likely cause: {_SINGLETON}"
+                             ) from None
+    got = _as_array(result, name, "one score per test row")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reference names skipped single-sample classes
+        want = _as_array(reference(train, labels, test, relative=relative),
+                         "mahalanobis_scores", "")
     _compare(got, want, name, case, "one score per TEST row (the min over classes is taken "
              "along the class axis)", _maha_hints(variants, relative), rtol=1e-3, atol=1e-3)
+
+
+#: Work of notebook 06's scoring relative to the timing case of :func:`_maha_timing`, for an
+#: implementation whose cost grows like rows x D^2 x classes (a loop over the classes with a
+#: per-class (M, D) x (D, D) product or einsum): 10,000 test rows, D = 319 after the rotation,
+#: 328 class Gaussians in all (k = 1, 3, 10, 50, 100, MD and RMD) against 1,000 rows, D = 128
+#: and 40 classes.
+_MAHA_TIMING_SCALE = (10_000 * 319 ** 2 * 2 * (1 + 3 + 10 + 50 + 100)) / (1_000 * 128 ** 2 * 40)
+
+
+def _maha_timing(student_fn, name: str) -> None:
+    """Warn (print) when the student's MD is correct but so slow that notebook 06's scoring
+    cell would run past the grader's cell limit: NumPy's ``einsum`` without ``optimize`` in
+    its source (torch's einsum uses BLAS), or a time on a mid-size case more than ten times
+    that of a vectorised computation timed right before it (so a busy machine does not
+    count)."""
+    import inspect
+    import time
+
+    try:
+        source = inspect.getsource(student_fn)
+    except (OSError, TypeError):
+        source = ""
+    g = _gen(99)
+    train = torch.randn(2000, 128, generator=g)
+    labels = torch.arange(2000) % 40
+    test = torch.randn(1000, 128, generator=g)
+    start = time.perf_counter()
+    x = train.double()
+    cov = torch.stack([torch.cov(x[labels == c].T) for c in range(40)]).mean(0)
+    means = torch.stack([x[labels == c].mean(0) for c in range(40)])
+    prec = torch.linalg.pinv(cov, hermitian=True)
+    tp = test.double() @ prec
+    (tp * test.double()).sum(1, keepdim=True) - 2 * tp @ means.T + ((means @ prec) * means).sum(1)
+    baseline = time.perf_counter() - start
+    start = time.perf_counter()
+    student_fn(train, labels, test, relative=False)
+    seconds = time.perf_counter() - start
+    slow_einsum = ("np.einsum(" in source or "numpy.einsum(" in source) \
+        and "optimize" not in source
+    if not slow_einsum and not (seconds > 1.0 and seconds > 10 * baseline):
+        return
+    predicted = seconds * _MAHA_TIMING_SCALE / 60
+    cause = ("Your function calls NumPy's einsum without optimize=...: for a product of three "
+             "operands such as 'nd,de,ne->n' it loops in C without BLAS, about a hundred times "
+             "slower than a matrix product" if slow_einsum else
+             "Usual causes: a loop over the test rows, or a per-class np.einsum")
+    print(f"WARNING: {name} is correct but slow: {seconds:.2f} s for 1,000 test rows, D = 128 "
+          f"and 40 classes ({seconds / max(baseline, 1e-9):.0f} times a vectorised "
+          f"computation timed just before). Notebook 06 scores 10,000 rows of the D = 319 "
+          f"features for k up to 100, MD and RMD: at this speed about {predicted:.0f} min, and "
+          f"the grader stops a cell after 2 min (05's part B takes minutes too). {cause}. Use "
+          f"matrix products, e.g. ((diff @ P) * diff).sum(1) per class, or the expansion "
+          f"h P h - 2 h P mu_c + mu_c P mu_c for all classes at once.")
 
 
 def check_mahalanobis(student_fn: Callable) -> None:
@@ -1208,16 +1401,19 @@ def check_mahalanobis(student_fn: Callable) -> None:
     Compares with :func:`ood_utils.scores.mahalanobis_scores` for ``relative=False`` (MD) and
     ``relative=True`` (RMD) on classes of unequal size and different spread (so the course's
     unweighted mean of class covariances differs from the class-size-weighted, pooled one),
-    and on a case whose covariance is nearly singular (condition number ~1e9), which float32
+    on a case whose covariance is nearly singular (condition number ~1e9), which float32
     arithmetic cannot handle but float64 with any correct inverse (``inv``, ``pinv``,
-    ``pinvh``, ``solve``, ``lstsq``) can.
+    ``pinvh``, ``solve``, ``lstsq``) can, and on a case with a single-sample class (to be
+    skipped). Then times the function on a mid-size case and prints a warning when notebook
+    06's scoring cell would take minutes at that speed.
     """
     from .scores import mahalanobis_scores
 
+    __tracebackhide__ = True
     _require_callable(student_fn)
     name = _fn_name(student_fn)
     for seed, sizes, singular in [(0, (30, 21, 14), False), (1, (18, 25), False),
-                                  (2, (40, 35, 30), True)]:
+                                  (2, (40, 35, 30), True), (4, (30, 1, 21, 14), False)]:
         train, labels, test = _maha_data(seed, sizes, d=5 if singular else 4,
                                          nearly_singular=singular)
         variants = _maha_variants(train.double().numpy(), labels.numpy(), test.double().numpy())
@@ -1227,8 +1423,12 @@ def check_mahalanobis(student_fn: Callable) -> None:
             if singular:
                 case += ("; this case has a nearly singular covariance, like real features: "
                          "compute means, covariances and distances in float64")
+            if 1 in sizes:
+                case += ("; one class has a single training sample: skip classes with fewer "
+                         "than two samples")
             _check_maha_case(student_fn, mahalanobis_scores, name, train, labels, test,
                              relative, case, variants)
+    _maha_timing(student_fn, name)
     _passed(name)
 
 
@@ -1254,27 +1454,49 @@ def _blobs(seed: int, sizes=(25, 25), d: int = 5):
     return train, test
 
 
+def _overlap_data(seed: int = 7, n: int = 300) -> torch.Tensor:
+    """Overlapping anisotropic data: k-means lands in different partitions for different
+    seeds, so only the same settings give the same clusters."""
+    return (torch.randn(n, 6, generator=_gen(seed))
+            * torch.tensor([3.0, 2, 1, 1, 0.5, 0.5])).float()
+
+
+def _require_int64_ids(result, name: str, case: str) -> None:
+    __tracebackhide__ = True
+    if isinstance(result, np.ndarray):
+        raise AssertionError(
+            f"{name} returned a NumPy array ({case}); return a torch tensor of int64 "
+            f"(torch.from_numpy(kmeans.labels_.astype(np.int64))): the next exercise and the "
+            f"notebook's cells compare and index torch tensors with it")
+    if isinstance(result, torch.Tensor) and result.dtype != torch.int64:
+        raise AssertionError(
+            f"{name} returned {result.dtype} cluster ids ({case}); return int64 (.long()): "
+            f"scikit-learn's labels_ are int32, and torch.bincount / indexing in the next "
+            f"cells expect int64")
+
+
 def check_kmeans_cluster_ids(student_fn: Callable) -> None:
     """Self-check of ``kmeans_cluster_ids_exercise(train_feats, n_clusters, seed=0)``.
 
-    The function returns one cluster id per training row (``(N,)`` integers). Compared as a
-    partition (the numbering of the clusters does not matter) with scikit-learn's ``KMeans``
-    under the course's fixed settings (:data:`ood_utils.scores.KMEANS_SETTINGS`): on separated
-    blobs of unequal size (any k-means finds them) and on overlapping random data, where only
-    the same settings (``n_init=1``, ``random_state=seed``, ``algorithm="lloyd"``, float32
-    input) give the same partition.
+    The function returns one cluster id per training row as an int64 torch tensor. Compared
+    as a partition (the numbering of the clusters does not matter) with scikit-learn's
+    ``KMeans`` under the course's fixed settings (:data:`ood_utils.scores.KMEANS_SETTINGS`):
+    on separated blobs of unequal size (any k-means finds them), on overlapping random data,
+    where only the same settings (``n_init=1``, ``random_state=seed``, ``algorithm="lloyd"``,
+    float32 input) give the same partition, and with ``n_clusters=1`` (every row in cluster 0).
     """
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
     from .scores import KMEANS_SETTINGS
 
+    __tracebackhide__ = True
     _require_callable(student_fn)
     name = _fn_name(student_fn)
-    overlap = torch.randn(300, 6, generator=_gen(7)) * torch.tensor([3.0, 2, 1, 1, 0.5, 0.5])
     for train, k, seed, what in [(_blobs(0, (40, 12))[0], 2, 0, "2 separated blobs"),
                                  (_blobs(1, (30, 9, 22, 15))[0], 4, 0, "4 separated blobs"),
-                                 (overlap.float(), 7, 3, "overlapping random data")]:
+                                 (_overlap_data(), 7, 3, "overlapping random data"),
+                                 (_blobs(2, (20, 20))[0], 1, 0, "one cluster")]:
         case = f"{what}, train {tuple(train.shape)}, n_clusters={k}, seed={seed}"
         got = student_fn(train.clone(), k, seed=seed)
         ids = _as_array(got, name, "one cluster id per training row")
@@ -1286,13 +1508,13 @@ def check_kmeans_cluster_ids(student_fn: Callable) -> None:
         if len(np.unique(ids)) != k:
             raise AssertionError(f"{name} returned {len(np.unique(ids))} distinct ids ({case}); "
                                  f"expected {k} clusters")
-        if adjusted_rand_score(want, ids) < 1.0 - 1e-9:
+        if k > 1 and adjusted_rand_score(want, ids) < 1.0 - 1e-9:
             raise AssertionError(
-                f"{name} returned another partition than KMeans(n_clusters={k}, "
-                f"random_state={seed}, n_init={KMEANS_SETTINGS['n_init']}, "
-                f"algorithm='{KMEANS_SETTINGS['algorithm']}') fitted on the float32 training "
-                f"features ({case}); use exactly these settings, pass `seed` as random_state, "
-                "and fit on the training features as they are (float32)")
+                f"{name} returned another partition than the course's k-means ({case}): "
+                f"scikit-learn's KMeans with {k} clusters, one initialisation, `seed` as its "
+                f"random state and Lloyd's algorithm, fitted on the float32 training features "
+                f"as they are. Check each of these settings (the defaults of KMeans differ)")
+        _require_int64_ids(got, name, case)
     _passed(name)
 
 
@@ -1304,12 +1526,14 @@ def check_kmeans_mahalanobis(student_fn: Callable) -> None:
     them, so the result does not depend on the initialisation; compares with
     :func:`ood_utils.scores.kmeans_mahalanobis_scores` for 2 and 4 clusters, MD and RMD.
     Because the cluster sizes differ, a class-size-weighted (pooled) covariance gives other
-    scores than the course's unweighted mean of the cluster covariances.
+    scores than the course's unweighted mean of the cluster covariances. A last case on
+    overlapping data with ``seed=3`` catches a function that ignores its ``seed``.
     """
     from sklearn.cluster import KMeans
 
     from .scores import KMEANS_SETTINGS, kmeans_mahalanobis_scores
 
+    __tracebackhide__ = True
     _require_callable(student_fn)
     name = _fn_name(student_fn)
     for sizes, seed in [((40, 12), 0), ((30, 9, 22, 15), 1)]:
@@ -1336,7 +1560,252 @@ def check_kmeans_mahalanobis(student_fn: Callable) -> None:
                      **_maha_hints(v, relative)}
             _compare(got, want, name, case, "one score per TEST row", hints, rtol=1e-3,
                      atol=1e-3)
+    train = _overlap_data(11, 240)
+    test = _overlap_data(12, 30) * 1.5
+    case = f"overlapping random data, train {tuple(train.shape)}, n_clusters=5, seed=3"
+    got = _as_array(student_fn(train.clone(), test.clone(), 5, relative=False, seed=3),
+                    name, "one score per test row")
+    want = _as_array(kmeans_mahalanobis_scores(train, test, 5, seed=3),
+                     "kmeans_mahalanobis_scores", "")
+    hints = {"the `seed` argument is not used (or fixed to 0): pass it on to your "
+             "kmeans_cluster_ids_exercise, the partition depends on it":
+                 kmeans_mahalanobis_scores(train, test, 5, seed=0).numpy()}
+    _compare(got, want, name, case, "one score per TEST row", hints, rtol=1e-3, atol=1e-3)
     _passed(name)
+
+
+# --------------------------------------------------------------------------- the sweeps (04-06)
+
+def _auroc_pct(s_in, s_out) -> float:
+    """AUROC in percent, ID positive, ties half (scikit-learn; the student may use metrics)."""
+    from sklearn.metrics import roc_auc_score
+
+    s_in, s_out = np.asarray(s_in, dtype=np.float64), np.asarray(s_out, dtype=np.float64)
+    y = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
+    return float(roc_auc_score(y, np.r_[s_in, s_out]) * 100.0)
+
+
+def _sweep_dict(result, name: str, settings, what: str) -> dict:
+    """The student's sweep as ``{setting: float}``, or an AssertionError saying what is off."""
+    __tracebackhide__ = True
+    if result is None:
+        raise AssertionError(f"{name} returned None: complete the code between the markers so "
+                             f"that it returns a dict {{setting: {what}}}")
+    if not isinstance(result, dict):
+        raise AssertionError(f"{name} returned a {type(result).__name__}; return a dict with "
+                             f"one entry per setting, {{setting: {what}}}")
+    missing = [t for t in settings if t not in result]
+    if missing:
+        raise AssertionError(f"{name}'s dict has no entry for {missing} (its keys: "
+                             f"{list(result)[:8]}); use the settings passed in as the keys")
+    out = {}
+    for t in settings:
+        try:
+            out[t] = float(result[t])
+        except (TypeError, ValueError):
+            raise AssertionError(f"{name}[{t!r}] is a {type(result[t]).__name__}; expected one "
+                                 f"number, the {what}") from None
+    return out
+
+
+def _compare_sweep(got: dict, want: dict, name: str, case: str, hints: dict,
+                   tol: float = 1e-6) -> None:
+    __tracebackhide__ = True
+    bad = [t for t in want if not abs(got[t] - want[t]) <= tol + 1e-9 * abs(want[t])]
+    if not bad:
+        return
+    for message, candidate in hints.items():
+        if all(abs(got[t] - candidate[t]) <= max(tol, 1e-6) for t in want):
+            raise AssertionError(f"{name}: wrong values ({case}). Likely cause: {message}.")
+    t = bad[0]
+    raise AssertionError(f"{name}: wrong value for setting {t!r} ({case}): {got[t]:.4f}, the "
+                         f"reference gives {want[t]:.4f}")
+
+
+def check_temperature_sweep(student_fn: Callable) -> None:
+    """Self-check of ``temperature_sweep_exercise(layer, id_feats, ood_feats, temperatures)``.
+
+    Expected: ``{T: AUROC in percent of max softmax(layer(x) / T)}`` (softmax in float64), on
+    a random linear layer with ID and OOD rows drawn differently, for several ``T``.
+    """
+    __tracebackhide__ = True
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    torch.manual_seed(57)
+    layer = torch.nn.Linear(6, 4)
+    with torch.no_grad():
+        layer.weight.mul_(4.0)
+    id_feats = _random_feats(40, 6, 58)
+    ood_feats = _random_feats(30, 6, 59) * 0.4
+    temps = (0.01, 0.5, 1.0, 4.0)
+    case = f"Linear(6, 4), 40 ID and 30 OOD rows, temperatures {temps}"
+    before = [p.detach().clone() for p in layer.parameters()]
+    got = _sweep_dict(student_fn(layer, id_feats.clone(), ood_feats.clone(), temps), name,
+                      temps, "AUROC in percent")
+    if any(not torch.equal(a, b) for a, b in zip(before, layer.parameters())):
+        raise AssertionError(f"{name} changed the layer's weights; only evaluate it")
+    with torch.no_grad():
+        z_in = layer(id_feats).double().numpy()
+        z_out = layer(ood_feats).double().numpy()
+        z32_in, z32_out = layer(id_feats), layer(ood_feats)
+
+    def sweep(f):
+        return {t: _auroc_pct(*f(t)) for t in temps}
+
+    want = sweep(lambda t: (_softmax(z_in / t).max(1), _softmax(z_out / t).max(1)))
+    hints = {
+        "the logits are multiplied by T: divide them, softmax(z / T)":
+            sweep(lambda t: (_softmax(z_in * t).max(1), _softmax(z_out * t).max(1))),
+        "the softmax is taken in float32: at small T almost every probability rounds to 1 "
+        "and the scores tie; divide and take the softmax in float64":
+            sweep(lambda t: ((z32_in / t).softmax(1).max(1).values.double().numpy(),
+                             (z32_out / t).softmax(1).max(1).values.double().numpy())),
+        "the temperature is not used: every entry is the T = 1 AUROC":
+            {t: want[1.0] for t in temps},
+        "the AUROC is a fraction: report it in percent (times 100)":
+            {t: v / 100.0 for t, v in want.items()},
+        "the scores point the wrong way (100 - AUROC): higher must mean more in-distribution":
+            {t: 100.0 - v for t, v in want.items()},
+    }
+    _compare_sweep(got, want, name, case, hints, tol=1e-4)
+    _passed(name)
+
+
+def check_shrinkage_sweep(student_fn: Callable) -> None:
+    """Self-check of ``shrinkage_sweep_exercise(train_feats, train_labels, id_feats,
+    ood_feats, alphas)``.
+
+    Expected: ``{a: MD AUROC in percent}`` with the course's shared covariance ``Sigma``
+    replaced by ``(1 - a) Sigma + a (tr(Sigma) / D) I`` (reference:
+    :func:`ood_utils.sweeps.shrinkage_sweep`), on classes of unequal size and spread.
+    """
+    from .sweeps import shrinkage_sweep
+
+    __tracebackhide__ = True
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    train, labels, test = _maha_data(5, (40, 25, 30), d=5)
+    ood = _random_feats(25, 5, 61) * 2.0 + 3.0
+    alphas = (0.0, 0.2, 0.7, 1.0)
+    case = f"3 classes of sizes (40, 25, 30), D = 5, 9 ID and 25 OOD test rows, alphas {alphas}"
+    got = _sweep_dict(student_fn(train.clone(), labels.clone(), test.clone(), ood.clone(),
+                                 alphas), name, alphas, "MD AUROC in percent")
+    want = shrinkage_sweep(train, labels, test, ood, alphas)
+    x, y = train.double().numpy(), labels.numpy()
+    groups = [x[y == k] for k in np.unique(y)]
+    means = np.stack([g.mean(0) for g in groups])
+    cov = np.mean([np.cov(g, rowvar=False) for g in groups], axis=0)
+    d = cov.shape[0]
+
+    def md(target, weight):
+        def auroc_at(a):
+            shrunk = weight(a) * cov + (1 - weight(a)) * target
+            prec = np.linalg.pinv(shrunk)
+            def score(t):
+                t = t.double().numpy()
+                return -np.stack([(((t - m) @ prec) * (t - m)).sum(1) for m in means], 1).min(1)
+            return _auroc_pct(score(test), score(ood))
+        return {a: auroc_at(a) for a in alphas}
+
+    scaled = np.trace(cov) / d * np.eye(d)
+    hints = {
+        "the shrinkage target is the identity I itself: scale it by tr(Sigma) / D, the "
+        "average variance, so that the total variance stays the same":
+            md(np.eye(d), lambda a: 1 - a),
+        "the weights are swapped: alpha = 0 must leave Sigma unchanged, alpha = 1 give "
+        "(tr(Sigma) / D) I": md(scaled, lambda a: a),
+        "the target is the diagonal of Sigma (np.diag(np.diag(Sigma))), not the average "
+        "variance times I": md(np.diag(np.diag(cov)), lambda a: 1 - a),
+        "the AUROC is a fraction: report it in percent (times 100)":
+            {a: v / 100.0 for a, v in want.items()},
+        "the scores point the wrong way (100 - AUROC): the MD score is -min_c d_c^2":
+            {a: 100.0 - v for a, v in want.items()},
+    }
+    _compare_sweep(got, want, name, case, hints, tol=1e-4)
+    _passed(name)
+
+
+def check_kmeans_sweep(student_fn: Callable) -> None:
+    """Self-check of ``kmeans_sweep_exercise(train_feats, test_feats, ks, seed=0)``.
+
+    Expected: ``{k: {"cluster_ids": ..., "md": ..., "rmd": ...}}`` for every ``k`` in ``ks``:
+    the course's k-means fitted once per ``k`` on the training rows (``k = 1``: one cluster)
+    and the MD and RMD scores of every test row with the clusters as classes (reference:
+    :func:`ood_utils.sweeps.kmeans_sweep`), on separated blobs of unequal size.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    from .sweeps import kmeans_sweep
+
+    __tracebackhide__ = True
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    train, test = _blobs(3, (30, 9, 22, 15))
+    ks = (1, 2, 4)
+    case = f"4 separated blobs of sizes (30, 9, 22, 15), train {tuple(train.shape)}, ks {ks}"
+    got = student_fn(train.clone(), test.clone(), ks, seed=0)
+    if not isinstance(got, dict) or any(k not in got for k in ks):
+        raise AssertionError(f"{name} must return a dict with one entry per k in ks ({case}), "
+                             f"got {type(got).__name__}"
+                             + (f" with keys {list(got)}" if isinstance(got, dict) else ""))
+    want = kmeans_sweep(train, test, ks, seed=0)
+    for k in ks:
+        entry = got[k]
+        if not isinstance(entry, dict) or not {"cluster_ids", "md", "rmd"} <= set(entry):
+            raise AssertionError(f"{name}[{k}] must be a dict with the keys 'cluster_ids', "
+                                 f"'md' and 'rmd' ({case})")
+        ids = _as_array(entry["cluster_ids"], name, "one cluster id per training row")
+        if ids.shape != (len(train),) or (
+                k > 1 and adjusted_rand_score(want[k]["cluster_ids"].numpy(), ids) < 1 - 1e-9) \
+                or len(np.unique(ids)) != k:
+            raise AssertionError(f"{name}[{k}]['cluster_ids'] is not the course's k-means "
+                                 f"partition with {k} clusters ({case}); call your "
+                                 f"kmeans_cluster_ids_exercise once per k, with the seed")
+        for kind in ("md", "rmd"):
+            _compare(_as_array(entry[kind], name, "one score per test row"),
+                     want[k][kind].numpy(), f"{name}[{k}]['{kind}']", case + f", k={k}",
+                     "one score per TEST row",
+                     {f"MD and RMD are swapped: '{kind}' must hold the "
+                      f"{'relative' if kind == 'rmd' else 'plain'} score":
+                          want[k]["md" if kind == "rmd" else "rmd"].numpy()},
+                     rtol=1e-3, atol=1e-3)
+    _passed(name)
+
+
+def check_sweep(sweep_id: str, recorded: Any, profile=None) -> None:
+    """Graded: compare a recorded sweep ``{setting: AUROC in percent}`` with the answer key's
+    measurement of the same sweep (:data:`ood_utils.expected.SWEEPS`).
+
+    Prints one line per setting; raises ``AssertionError`` naming every setting outside its
+    tolerance, ``ValueError`` for an unknown sweep, a missing setting or a profile without
+    targets for the sweep.
+    """
+    from .expected import get_sweep
+
+    __tracebackhide__ = True
+    p = get_profile(profile)
+    targets = get_sweep(sweep_id, p)
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{sweep_id}: pass the sweep as a dict {{setting: AUROC}}, got "
+                         f"{type(recorded).__name__}")
+    bad = []
+    for setting, exp in targets.items():
+        if setting not in recorded:
+            raise ValueError(f"{sweep_id}: no recorded value for setting {setting!r} (recorded: "
+                             f"{list(recorded)}); run the sweep over every setting given")
+        if not exp.is_set:
+            raise ValueError(f"{sweep_id}: the answer key has no target for {setting!r} on "
+                             f"profile {p.name!r} ({exp.how})")
+        v = float(recorded[setting])
+        ok = np.isfinite(v) and exp.accepts(v)
+        print(f"{sweep_id} {setting}: AUROC {v:.2f}, expected {exp.value:.2f} +/- "
+              f"{exp.tol:.2f} -> {'within tolerance' if ok else 'OUTSIDE'}")
+        if not ok:
+            bad.append(f"{setting} ({v:.2f} vs {exp.value:.2f} +/- {exp.tol:.2f})")
+    if bad:
+        raise AssertionError(f"{sweep_id}: outside the answer key for {', '.join(bad)} "
+                             f"({p.name}). If your self-checks pass, check that the sweep runs "
+                             f"on the inputs the notebook gives and over its settings")
 
 
 # --------------------------------------------------------------------------- AUROC checks

@@ -244,7 +244,7 @@ EXPECTED: dict[str, dict[str, Expected]] = {
 # rule as above: value = mean over the variants, tol = max(0.1, 3 * spread). A profile
 # without an entry (``clip``: nothing could be measured offline) is checked against the
 # reference sweep computed from its cached features at check time (tolerance 0.1).
-SWEEP_IDS = ("knn_sweep", "msp_sweep")
+SWEEP_IDS = ("knn_sweep", "msp_sweep", "plp_temperature", "md_shrinkage", "kmeans_k")
 
 SWEEPS: dict[str, dict[str, dict]] = {
     "clip": {},
@@ -346,6 +346,82 @@ SWEEPS: dict[str, dict[str, dict]] = {
 }
 
 
+# The graded sweeps of notebooks 04-06 (the experiments the students write), checked by
+# :func:`ood_utils.checks.check_sweep`: ``profile -> sweep id -> setting -> Expected``. Measured
+# with the reference of :mod:`ood_utils.sweeps` on the settings it defines; same rules as
+# above (probe: mean over seeds 0-4, tol = max(0.1, 3 * spread); deterministic: 0.1 floor;
+# k-means: midpoint of the float32/float64-input variants, half range + 0.5). The ``clip``
+# profile's sweeps could not be measured offline: no target, and check_sweep says so.
+_NOT_MEASURED = "not measured: the clip profile needs the CIFAR features (no offline run)"
+
+_SWEEPS_04_06: dict[str, dict[str, dict]] = {
+    "clip": {
+        "plp_temperature": {t: Expected(None, None, _NOT_MEASURED)
+                            for t in (0.1, 1.0, 10.0, 100.0)},
+        "md_shrinkage": {a: Expected(None, None, _NOT_MEASURED)
+                         for a in (0.0, 0.01, 0.1, 0.5, 1.0)},
+        "kmeans_k": {s: Expected(None, None, _NOT_MEASURED)
+                     for s in ("k=1 md", "k=3 md", "k=3 rmd")},
+    },
+    "miniclip": {
+        # plp_temperature (notebook 04): MSP of the probe's logits divided by T, the reference
+        # probe of pipeline.plp_probe (the notebook's prescription) with seeds 0-4; measured
+        # 2026-12-02 with ood_utils.sweeps.probe_temperature_sweep, one thread. The settings
+        # below T = 0.1 were dropped: there nearly every probability is exactly 1 in float64
+        # and the AUROC is decided by how an implementation rounds its ties.
+        "plp_temperature": {
+            0.1: Expected(63.49, 3.04,
+                "measured 2026-12-02, probe seeds 0-4: 63.589 / 64.152 / 63.138 / 63.246 / "
+                "63.339 (spread 1.014; many ties at probability 1)"),
+            1.0: Expected(90.38, 0.55,
+                "measured 2026-12-02, probe seeds 0-4: 90.314 / 90.355 / 90.452 / 90.477 / "
+                "90.293 (spread 0.184; the plp entry's correct training variants with seed 0, "
+                "90.282-90.314, lie inside)"),
+            10.0: Expected(93.24, 0.71,
+                "measured 2026-12-02, probe seeds 0-4: 93.291 / 93.116 / 93.306 / 93.351 / "
+                "93.141 (spread 0.235)"),
+            100.0: Expected(94.39, 1.61,
+                "measured 2026-12-02, probe seeds 0-4: 94.652 / 94.115 / 94.414 / 94.443 / "
+                "94.321 (spread 0.537)"),
+        },
+        # md_shrinkage (notebook 05): MD on the rotated trunk features with the real labels and
+        # the shared covariance shrunk to (1 - a) Sigma + a (tr Sigma / D) I; deterministic,
+        # measured 2026-12-02 with ood_utils.sweeps.shrinkage_sweep; a = 0 is the md entry.
+        "md_shrinkage": {
+            0.0: Expected(90.56, 0.1, "measured 2026-12-02, deterministic: 90.5636 (= md)"),
+            0.01: Expected(92.00, 0.1, "measured 2026-12-02, deterministic: 92.0015"),
+            0.1: Expected(93.51, 0.1, "measured 2026-12-02, deterministic: 93.5142"),
+            0.5: Expected(94.80, 0.1, "measured 2026-12-02, deterministic: 94.8040"),
+            1.0: Expected(96.42, 0.1,
+                "measured 2026-12-02, deterministic: 96.4247 (Euclidean distance to the "
+                "nearest class mean)"),
+        },
+        # kmeans_k (notebook 06): the k values of the sweep that have no entry above (k = 10,
+        # 50, 100 are the kmeans* entries); rotated features, KMeans(random_state=0, n_init=1,
+        # algorithm="lloyd"), measured 2026-12-02 with ood_utils.sweeps.kmeans_sweep, float32
+        # and float64 KMeans input (identical for these k), one thread. k = 1 RMD is not
+        # graded: d_1^2 - d_0^2 is zero up to rounding (one cluster IS the background
+        # Gaussian), so its AUROC (63.42 for the reference) only ranks rounding noise.
+        "kmeans_k": {
+            "k=1 md": Expected(90.16, 0.1,
+                "measured 2026-12-02, no randomness (one cluster): 90.164 (float32 and float64 "
+                "input)"),
+            "k=3 md": Expected(89.92, 0.5,
+                "measured 2026-12-02, fixed seed 0: 89.918 for float32 and float64 input "
+                "(range 0, + 0.5)"),
+            "k=3 rmd": Expected(86.68, 0.5,
+                "measured 2026-12-02, fixed seed 0: 86.680 for float32 and float64 input "
+                "(range 0, + 0.5)"),
+        },
+    },
+}
+
+# one table for every graded sweep: profile -> sweep id -> setting -> Expected
+for _name, _table in _SWEEPS_04_06.items():
+    SWEEPS.setdefault(_name, {}).update(_table)
+del _name, _table
+
+
 def get_sweep_expected(sweep_id: str, profile=None) -> dict | None:
     """``{grid point: Expected}`` of a sweep for ``profile``, or ``None`` when none is recorded.
 
@@ -354,6 +430,20 @@ def get_sweep_expected(sweep_id: str, profile=None) -> dict | None:
     if sweep_id not in SWEEP_IDS:
         raise ValueError(f"sweep_id {sweep_id!r} is unknown; use one of {', '.join(SWEEP_IDS)}")
     return SWEEPS.get(get_profile(profile).name, {}).get(sweep_id) or None
+
+
+def get_sweep(sweep_id: str, profile=None) -> dict:
+    """``{setting: Expected}`` of one graded sweep for ``profile`` (default: the active one).
+
+    Raises ``ValueError`` for an unknown sweep id or a profile without sweeps.
+    """
+    name = get_profile(profile).name
+    table = SWEEPS.get(name)
+    if table is None:
+        raise ValueError(f"profile {name!r} has no sweeps; known: {sorted(SWEEPS)}")
+    if sweep_id not in table:
+        raise ValueError(f"sweep {sweep_id!r} is unknown; use one of {', '.join(table)}")
+    return table[sweep_id]
 
 
 def get_expected(check_id: str, profile=None) -> Expected:

@@ -563,6 +563,79 @@ def batch_logit_matrix(logits: Any, labels: Any, class_names: Sequence[str], tit
     ax.set_xlabel("caption (sorted by class)")
     ax.set_ylabel("image (sorted by class)")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, label="logit")
+
+
+def _subsample(n: int, most: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``most`` of ``n`` points (a fixed random subset, so the picture
+    does not depend on the order of the test set and stays light)."""
+    if n <= most:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=most, replace=False))
+
+
+def score_scatter(x_in: Any, y_in: Any, x_out: Any, y_out: Any, xlabel: str, ylabel: str,
+                  title: str = "", ax=None, diagonal: bool = False, most: int = 3000,
+                  log: bool = False):
+    """One point per test image: two scores of the same image against each other, ID blue,
+    OOD red (at most ``most`` points of each, a fixed random subset).
+
+    Parameters
+    ----------
+    x_in, y_in : array or tensor, shape (N_in,): the two scores of the ID test images.
+    x_out, y_out : array or tensor, shape (N_out,): the same for the OOD test images.
+    xlabel, ylabel, title : axis labels and title.
+    ax : matplotlib axes (default: a new figure).
+    diagonal : draw the line y = x (grey, dashed).
+    most : largest number of points drawn per set.
+    log : logarithmic axes (for squared distances; values must be positive).
+
+    Returns
+    -------
+    matplotlib axes
+    """
+    xi, yi = score_vector(x_in, "x_in"), score_vector(y_in, "y_in")
+    xo, yo = score_vector(x_out, "x_out"), score_vector(y_out, "y_out")
+    if len(xi) != len(yi) or len(xo) != len(yo):
+        raise ValueError("x_in/y_in and x_out/y_out must have one value per image each")
+    ax = _axes(ax, figsize=(5.5, 5))
+    ii, io = _subsample(len(xi), most, 0), _subsample(len(xo), most, 1)
+    ax.scatter(xo[io], yo[io], s=3, alpha=0.35, color="tab:red", label="OOD test",
+               rasterized=True)
+    ax.scatter(xi[ii], yi[ii], s=3, alpha=0.35, color="tab:blue", label="ID test", rasterized=True)
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    if diagonal:
+        lo = min(xi.min(), yi.min(), xo.min(), yo.min())
+        hi = max(xi.max(), yi.max(), xo.max(), yo.max())
+        ax.plot([lo, hi], [lo, hi], "--", color="grey", lw=1, label="y = x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small", markerscale=4)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def sweep_plot(sweeps: Mapping[str, Mapping[Any, float]], xlabel: str, ax=None,
+               title: str = "", logx: bool = True, reference: Mapping[str, float] | None = None):
+    """AUROC against a swept setting, one line per entry of ``sweeps`` (``{label: {setting:
+    AUROC}}``); ``reference`` draws dashed horizontal lines (``{label: AUROC}``) and a dotted
+    line marks chance (50)."""
+    ax = _axes(ax)
+    for label, values in sweeps.items():
+        xs = list(values)
+        ax.plot(xs, [values[x] for x in xs], "o-", label=label)
+    for label, value in (reference or {}).items():
+        ax.axhline(value, ls="--", lw=1, color="grey")
+        ax.annotate(label, (1.0, value), xycoords=("axes fraction", "data"), ha="right",
+                    va="bottom", fontsize="small", color="dimgrey")
+    ax.axhline(50, ls=":", lw=1, color="black")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("AUROC (%)")
+    ax.legend(fontsize="small")
     if title:
         ax.set_title(title)
     return ax

@@ -208,14 +208,14 @@ def test_probe_check_rejects_planted_mistakes(wrong, phrase):
 # ============================================================================ Mahalanobis
 
 def _sq_dists(x, means, prec):
-    return np.stack([np.einsum("nd,de,ne->n", x - m, prec, x - m) for m in means], axis=1)
+    return np.stack([(((x - m) @ prec) * (x - m)).sum(1) for m in means], axis=1)
 
 
 def maha_numpy(train_feats, train_labels, test_feats, relative=False, per_class=False,
                weighted=False, sign=-1.0, background=True, sqrt=False):
     """Independent numpy implementation with switches that plant the typical mistakes."""
     x, y, t = np64(train_feats), np.asarray(train_labels), np64(test_feats)
-    classes = np.unique(y)
+    classes = [c for c in np.unique(y) if (y == c).sum() > 1]  # a single sample: no covariance
     means = [x[y == c].mean(0) for c in classes]
     covs = [np.cov(x[y == c], rowvar=False) for c in classes]
     if per_class:
@@ -246,7 +246,7 @@ def maha_torch_float64_inv(train_feats, train_labels, test_feats, relative=False
 
 
 def maha_torch_float32(train_feats, train_labels, test_feats, relative=False):
-    classes = torch.unique(train_labels)
+    classes = [c for c in torch.unique(train_labels) if (train_labels == c).sum() > 1]
     means = torch.stack([train_feats[train_labels == c].mean(0) for c in classes])
     cov = torch.stack([torch.cov(train_feats[train_labels == c].T) for c in classes]).mean(0)
     prec = torch.linalg.inv(cov)
@@ -311,7 +311,8 @@ def test_mahalanobis_check_rejects_ignoring_relative():
 
 def kmeans_good(train_feats, test_feats, n_clusters, relative=False, seed=0):
     x = np64(train_feats)
-    labels = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit(x).labels_
+    labels = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed,
+                    algorithm="lloyd").fit(x.astype(np.float32)).labels_
     return maha_numpy(x, labels, test_feats, relative)
 
 
@@ -477,3 +478,66 @@ def test_sweep_result_check_without_a_recorded_sweep_uses_the_reference(monkeypa
 def test_unknown_sweep_id_is_an_error():
     with pytest.raises(ValueError, match="knn_sweep"):
         expected.get_sweep_expected("k_sweep", "miniclip")
+
+
+# ============================================================================ check_sweep (04-06)
+
+@pytest.mark.parametrize("sweep_id", ["plp_temperature", "md_shrinkage", "kmeans_k"])
+def test_check_sweep_passes_at_the_targets_and_fails_outside(sweep_id, capsys):
+    targets = expected.get_sweep(sweep_id, "miniclip")
+    assert targets and all(e.is_set for e in targets.values())
+    checks.check_sweep(sweep_id, {s: e.value for s, e in targets.items()}, profile="miniclip")
+    assert capsys.readouterr().out.count("within tolerance") == len(targets)
+    setting, e = next(iter(targets.items()))
+    off = {s: t.value for s, t in targets.items()} | {setting: e.value + e.tol + 0.05}
+    with pytest.raises(AssertionError, match=re.escape(f"{setting}")):
+        checks.check_sweep(sweep_id, off, profile="miniclip")
+
+
+def test_check_sweep_names_missing_settings_unknown_sweeps_and_unmeasured_profiles():
+    targets = expected.get_sweep("md_shrinkage", "miniclip")
+    partial = {s: e.value for s, e in list(targets.items())[1:]}
+    with pytest.raises(ValueError, match="no recorded value"):
+        checks.check_sweep("md_shrinkage", partial, profile="miniclip")
+    with pytest.raises(ValueError, match="unknown"):
+        checks.check_sweep("md_shrink", {}, profile="miniclip")
+    with pytest.raises(ValueError, match="no target"):
+        checks.check_sweep("md_shrinkage", {s: 90.0 for s in targets}, profile="clip")
+    with pytest.raises(ValueError, match="dict"):
+        checks.check_sweep("md_shrinkage", [90.0], profile="miniclip")
+
+
+def test_sweep_targets_follow_the_deterministic_floor_where_no_seed_enters():
+    for setting, e in expected.get_sweep("md_shrinkage", "miniclip").items():
+        assert e.tol == 0.1 and "deterministic" in e.how, setting
+    # the graded k-means settings of notebook 06 are exactly those with a target
+    from ood_utils import sweeps
+    assert tuple(expected.get_sweep("kmeans_k", "miniclip")) == sweeps.KMEANS_GRADED
+    assert tuple(expected.get_sweep("plp_temperature", "miniclip")) == sweeps.PROBE_TEMPERATURES
+    assert tuple(expected.get_sweep("md_shrinkage", "miniclip")) == sweeps.SHRINKAGES
+
+
+def test_sweep_references_agree_with_an_independent_computation():
+    """ood_utils.sweeps against scikit-learn's AUROC and a NumPy Mahalanobis on a toy case."""
+    from sklearn.metrics import roc_auc_score
+
+    from ood_utils import sweeps
+
+    g = torch.Generator().manual_seed(3)
+    train = torch.randn(120, 3, generator=g) * torch.tensor([3.0, 1.0, 0.3])
+    labels = torch.arange(120) % 3
+    train = train + labels[:, None].float() * 2
+    t_in, t_out = torch.randn(20, 3, generator=g), torch.randn(15, 3, generator=g) * 3
+    got = sweeps.shrinkage_sweep(train, labels, t_in, t_out, (0.0, 0.5, 1.0))
+    x = train.double().numpy()
+    groups = [x[labels.numpy() == c] for c in range(3)]
+    cov = np.mean([np.cov(gr, rowvar=False) for gr in groups], axis=0)
+    for a, value in got.items():
+        prec = np.linalg.inv((1 - a) * cov + a * np.trace(cov) / 3 * np.eye(3))
+        def md(t):
+            t = t.double().numpy()
+            return -np.min([(((t - gr.mean(0)) @ prec) * (t - gr.mean(0))).sum(1)
+                            for gr in groups], axis=0)
+        y = np.r_[np.ones(20), np.zeros(15)]
+        want = roc_auc_score(y, np.r_[md(t_in), md(t_out)]) * 100
+        assert abs(value - want) < 1e-9, a

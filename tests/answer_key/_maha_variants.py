@@ -28,13 +28,20 @@ def _groups(train, labels):
 
 # ------------------------------------------------------------------ class statistics
 
-def stats_np_cov(train_feats, train_labels):
+def _stats_np_cov(train_feats, train_labels):
+    """NumPy means and shared covariance (what the NumPy score variants build on)."""
     groups = _groups(_np(train_feats), train_labels)
     means = np.stack([g.mean(0) for g in groups])
     return means, np.mean([np.cov(g, rowvar=False) for g in groups], axis=0)
 
 
-def stats_by_hand(train_feats, train_labels):
+def stats_np_cov(train_feats, train_labels):
+    # NumPy inside, torch tensors out (the exercise returns float64 tensors)
+    means, cov = _stats_np_cov(train_feats, train_labels)
+    return torch.from_numpy(means), torch.from_numpy(cov)
+
+
+def _stats_by_hand(train_feats, train_labels):
     groups = _groups(_np(train_feats), train_labels)
     means, cov = [], 0.0
     for g in groups:
@@ -43,6 +50,22 @@ def stats_by_hand(train_feats, train_labels):
         cov = cov + diff.T @ diff / (len(g) - 1)
         means.append(mu)
     return np.array(means), cov / len(groups)
+
+
+def stats_by_hand(train_feats, train_labels):
+    means, cov = _stats_by_hand(train_feats, train_labels)
+    return torch.as_tensor(means), torch.as_tensor(cov)
+
+
+def stats_torch_loop_counts(train_feats, train_labels):
+    # bincount to find the classes that have two samples or more
+    x = torch.as_tensor(train_feats).double()
+    y = torch.as_tensor(train_labels).long()
+    counts = torch.bincount(y - y.min())
+    keep = [int(c) + int(y.min()) for c in torch.nonzero(counts >= 2).flatten()]
+    means = torch.stack([x[y == c].mean(0) for c in keep])
+    cov = sum(torch.cov(x[y == c].T) for c in keep) / len(keep)
+    return means, cov
 
 
 def stats_torch(train_feats, train_labels):
@@ -74,6 +97,45 @@ def stats_uncentred(train_feats, train_labels):
             np.mean([g.T @ g / (len(g) - 1) for g in groups], axis=0))
 
 
+def stats_numpy_out(train_feats, train_labels):
+    means, cov = stats_torch(train_feats, train_labels)
+    return means.numpy(), cov.numpy()
+
+
+def stats_float32_out(train_feats, train_labels):
+    means, cov = stats_torch(train_feats, train_labels)
+    return means.float(), cov.float()
+
+
+def stats_single_kept(train_feats, train_labels):
+    # torch.cov of one row divides by zero: NaN in the average
+    x = torch.as_tensor(train_feats).double()
+    y = torch.as_tensor(train_labels)
+    groups = [x[y == c] for c in torch.unique(y)]
+    return (torch.stack([g.mean(0) for g in groups]),
+            torch.stack([torch.cov(g.T) for g in groups]).mean(0))
+
+
+def stats_single_kept_guarded(train_feats, train_labels):
+    # a by-hand covariance guarded against n_c = 1: the single sample's zero matrix counts
+    x = torch.as_tensor(train_feats).double()
+    y = torch.as_tensor(train_labels)
+    means, covs = [], []
+    for c in torch.unique(y):
+        g = x[y == c]
+        mu = g.mean(0)
+        means.append(mu)
+        covs.append((g - mu).T @ (g - mu) / max(len(g) - 1, 1))
+    return torch.stack(means), torch.stack(covs).mean(0)
+
+
+def stats_cov_without_transpose(train_feats, train_labels):
+    x = torch.as_tensor(train_feats).double()
+    y = torch.as_tensor(train_labels)
+    groups = [x[y == c] for c in torch.unique(y) if (y == c).sum() > 1]
+    return torch.stack([g.mean(0) for g in groups]), torch.stack([torch.cov(g) for g in groups]).mean(0)
+
+
 def stats_total(train_feats, train_labels):
     x = _np(train_feats)
     groups = _groups(x, train_labels)
@@ -89,7 +151,7 @@ def _background(train):
 def maha_np_inv_loop(train_feats, train_labels, test_feats, relative=False):
     """NumPy, np.cov, np.linalg.inv, a loop over the classes."""
     train, test = _np(train_feats), _np(test_feats)
-    means, cov = stats_np_cov(train, train_labels)
+    means, cov = _stats_np_cov(train, train_labels)
     prec = np.linalg.inv(cov)
     d2 = np.empty((len(test), len(means)))
     for c, mu in enumerate(means):
@@ -105,7 +167,7 @@ def maha_np_inv_loop(train_feats, train_labels, test_feats, relative=False):
 def maha_np_pinv(train_feats, train_labels, test_feats, relative=False):
     """NumPy, np.linalg.pinv with its default cut-off, the expansion (vectorised)."""
     train, test = _np(train_feats), _np(test_feats)
-    means, cov = stats_by_hand(train, train_labels)
+    means, cov = _stats_by_hand(train, train_labels)
     prec = np.linalg.pinv(cov)
     tp = test @ prec
     d2 = (tp * test).sum(1)[:, None] - 2 * tp @ means.T + ((means @ prec) * means).sum(1)
@@ -119,7 +181,7 @@ def maha_np_pinv(train_feats, train_labels, test_feats, relative=False):
 def maha_scipy_pinvh(train_feats, train_labels, test_feats, relative=False):
     """SciPy pinvh, hand-written covariance, a (M, C, D) broadcast (small C only)."""
     train, test = _np(train_feats), _np(test_feats)
-    means, cov = stats_by_hand(train, train_labels)
+    means, cov = _stats_by_hand(train, train_labels)
     prec = scipy.linalg.pinvh(cov)
     diff = test[:, None, :] - means[None]
     d2 = np.einsum("mcd,de,mce->mc", diff, prec, diff, optimize=True)
@@ -165,7 +227,7 @@ def maha_torch_solve(train_feats, train_labels, test_feats, relative=False):
 def maha_np_lstsq(train_feats, train_labels, test_feats, relative=False):
     """NumPy lstsq as the solver: the precision matrix solves cov @ P = I."""
     train, test = _np(train_feats), _np(test_feats)
-    means, cov = stats_np_cov(train, train_labels)
+    means, cov = _stats_np_cov(train, train_labels)
     eye = np.eye(cov.shape[0])
     prec = np.linalg.lstsq(cov, eye, rcond=None)[0]
     d2 = np.stack([(((test - mu) @ prec) * (test - mu)).sum(1) for mu in means], 1)
@@ -241,9 +303,38 @@ def wrong_sign(train_feats, train_labels, test_feats, relative=False):
 
 wrong_pooled = _with_stats(stats_pooled)
 wrong_uncentred = _with_stats(stats_uncentred)
-wrong_bg_from_test = _with_stats(stats_np_cov, lambda tr, te, mu: _background(te))
+wrong_bg_from_test = _with_stats(_stats_np_cov, lambda tr, te, mu: _background(te))
+wrong_bg_biased = _with_stats(
+    _stats_np_cov, lambda tr, te, mu: (tr.mean(0), np.cov(tr, rowvar=False, bias=True)))
+wrong_single_kept = _with_stats(stats_single_kept_guarded)
+
+
+def wrong_bg_shared(train_feats, train_labels, test_feats, relative=False):
+    train, test = _np(train_feats), _np(test_feats)
+    means, cov = _stats_np_cov(train, train_labels)
+    prec = np.linalg.pinv(cov)
+    d2 = np.stack([(((test - m) @ prec) * (test - m)).sum(1) for m in means], 1)
+    if relative:  # the background distance with the shared class covariance
+        diff = test - train.mean(0)
+        d2 = d2 - ((diff @ prec) * diff).sum(1)[:, None]
+    return -d2.min(1)
+
+
+def maha_np_einsum_loop(train_feats, train_labels, test_feats, relative=False):
+    """Correct but slow: a per-class three-operand np.einsum (no BLAS). The self-check
+    passes it and prints a warning that notebook 06 would run past the cell limit."""
+    train, test = _np(train_feats), _np(test_feats)
+    means, cov = _stats_np_cov(train, train_labels)
+    prec = np.linalg.pinv(cov, hermitian=True)
+    d2 = np.stack([np.einsum("nd,de,ne->n", test - m, prec, test - m) for m in means], 1)
+    if relative:
+        mu0, cov0 = _background(train)
+        d2 = d2 - np.einsum("nd,de,ne->n", test - mu0, np.linalg.pinv(cov0), test - mu0)[:, None]
+    return -d2.min(1)
+
+
 wrong_bg_from_class_means = _with_stats(
-    stats_np_cov, lambda tr, te, mu: (mu.mean(0), np.cov(mu, rowvar=False)))
+    _stats_np_cov, lambda tr, te, mu: (mu.mean(0), np.cov(mu, rowvar=False)))
 
 
 def wrong_per_class_cov(train_feats, train_labels, test_feats, relative=False):
@@ -259,7 +350,7 @@ def wrong_per_class_cov(train_feats, train_labels, test_feats, relative=False):
 
 def wrong_axis(train_feats, train_labels, test_feats, relative=False):
     train, test = _np(train_feats), _np(test_feats)
-    means, cov = stats_np_cov(train, train_labels)
+    means, cov = _stats_np_cov(train, train_labels)
     prec = np.linalg.inv(cov)
     d2 = np.stack([(((test - m) @ prec) * (test - m)).sum(1) for m in means], 1)
     return -d2.min(axis=0)
@@ -267,7 +358,7 @@ def wrong_axis(train_feats, train_labels, test_feats, relative=False):
 
 def wrong_max_over_classes(train_feats, train_labels, test_feats, relative=False):
     train, test = _np(train_feats), _np(test_feats)
-    means, cov = stats_np_cov(train, train_labels)
+    means, cov = _stats_np_cov(train, train_labels)
     prec = np.linalg.inv(cov)
     d2 = np.stack([(((test - m) @ prec) * (test - m)).sum(1) for m in means], 1)
     if relative:
@@ -301,4 +392,7 @@ WRONG = [
     (wrong_axis, "class axis"),
     (wrong_max_over_classes, "LAST/any class"),
     (wrong_float32_arithmetic, "float64"),
+    (wrong_bg_biased, "background covariance is biased"),
+    (wrong_bg_shared, "uses the shared class covariance"),
+    (wrong_single_kept, "single training sample was kept"),
 ]

@@ -30,27 +30,40 @@ def ids_torch(train_feats, n_clusters, seed=0):
 
 def ids_fit_predict(train_feats, n_clusters, seed=0):
     x = np.asarray(train_feats)
-    return KMeans(n_clusters, random_state=seed, n_init=1, algorithm="lloyd").fit_predict(x)
+    ids = KMeans(n_clusters, random_state=seed, n_init=1, algorithm="lloyd").fit_predict(x)
+    return torch.as_tensor(ids).long()
 
 
 def ids_settings_dict(train_feats, n_clusters, seed=0):
     settings = dict(scores.KMEANS_SETTINGS, random_state=seed)
-    return KMeans(n_clusters=n_clusters, **settings).fit(train_feats.numpy()).labels_
+    labels = KMeans(n_clusters=n_clusters, **settings).fit(train_feats.numpy()).labels_
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 def ids_float64_input(train_feats, n_clusters, seed=0):
     """Against the notebook's advice, float64: accepted where the partition is the same,
     and the AUROC targets include it (see expected.py)."""
     km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=1, algorithm="lloyd")
-    return km.fit(train_feats.double().numpy()).labels_
+    return torch.from_numpy(km.fit(train_feats.double().numpy()).labels_.astype(np.int64))
+
+
+def ids_numpy(train_feats, n_clusters, seed=0):
+    km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=1, algorithm="lloyd")
+    return km.fit(train_feats.numpy()).labels_
+
+
+def ids_int32(train_feats, n_clusters, seed=0):
+    return torch.from_numpy(ids_numpy(train_feats, n_clusters, seed))
 
 
 def ids_wrong_n_init(train_feats, n_clusters, seed=0):
-    return KMeans(n_clusters, random_state=seed, n_init=10).fit(train_feats.numpy()).labels_
+    km = KMeans(n_clusters, random_state=seed, n_init=10).fit(train_feats.numpy())
+    return torch.from_numpy(km.labels_.astype(np.int64))
 
 
 def ids_wrong_seed(train_feats, n_clusters, seed=0):
-    return KMeans(n_clusters, random_state=42, n_init=1).fit(train_feats.numpy()).labels_
+    km = KMeans(n_clusters, random_state=42, n_init=1).fit(train_feats.numpy())
+    return torch.from_numpy(km.labels_.astype(np.int64))
 
 
 def ids_of_test_rows(train_feats, n_clusters, seed=0):
@@ -69,6 +82,8 @@ def test_correct_cluster_ids_pass(fn, capsys):
     (ids_wrong_n_init, "another partition"),
     (ids_wrong_seed, "another partition"),
     (ids_of_test_rows, "shape"),
+    (ids_numpy, "NumPy array"),
+    (ids_int32, "int64"),
 ], ids=lambda x: getattr(x, "__name__", ""))
 def test_wrong_cluster_ids_fail(fn, phrase):
     with pytest.raises(AssertionError, match=phrase):
@@ -90,6 +105,11 @@ def wrong_fit_on_test(train_feats, test_feats, n_clusters, relative=False, seed=
     return V.maha_np_pinv(train_feats, km.predict(train_feats.numpy()), test_feats, relative)
 
 
+def wrong_ignores_seed(train_feats, test_feats, n_clusters, relative=False, seed=0):
+    ids = ids_torch(train_feats, n_clusters, seed=0)  # the seed argument is never passed on
+    return V.maha_torch_pinv(train_feats, ids, test_feats, relative)
+
+
 COMPOSED = [compose(ids_torch, fn) for fn in V.CORRECT] + [
     compose(ids_fit_predict, V.maha_np_inv_loop), compose(ids_float64_input, V.maha_torch_pinv)]
 WRONG = [
@@ -98,7 +118,18 @@ WRONG = [
     (compose(ids_torch, V.wrong_sign), "sign is flipped"),
     (compose(ids_torch, V.wrong_per_class_cov), "one covariance per class"),
     (compose(ids_torch, V.wrong_bg_from_test), "fitted to the TEST features"),
+    (wrong_ignores_seed, "seed` argument is not used"),
 ]
+
+
+def test_a_single_sample_cluster_kept_is_caught_before_the_kmeans_cells():
+    """k-means rarely leaves a cluster with one row on the check's blobs, but on the real
+    features it can: the mistake is caught by 06's first self-check, the same
+    check_mahalanobis as in 05, which has a single-sample class."""
+    with pytest.raises(AssertionError, match="single training sample was kept"):
+        checks.check_mahalanobis(V.wrong_single_kept)
+    with pytest.raises(AssertionError, match="single training sample was kept"):
+        checks.check_class_statistics(V.stats_single_kept_guarded)
 
 
 @pytest.mark.parametrize("fn", COMPOSED, ids=lambda f: f.__name__)
@@ -152,3 +183,65 @@ def test_float64_kmeans_input_reaches_the_targets(real):
         s = scores.mahalanobis_scores(tr, ids, both, relative=relative)
         checks.check_auroc(f"kmeans10_{'rmd' if relative else 'md'}",
                            metrics.auroc(s[:n_in], s[n_in:]), profile="miniclip")
+
+
+# ------------------------------------------------------------------ the sweep over k (Exercise 4)
+
+def sweep_of(ids_fn, maha_fn):
+    def kmeans_sweep(train_feats, test_feats, ks, seed=0):
+        out = {}
+        for k in ks:
+            ids = ids_fn(train_feats, k, seed=seed)
+            out[k] = {"cluster_ids": ids, "md": maha_fn(train_feats, ids, test_feats),
+                      "rmd": maha_fn(train_feats, ids, test_feats, relative=True)}
+        return out
+    kmeans_sweep.__name__ = f"sweep_{ids_fn.__name__}+{maha_fn.__name__}"
+    return kmeans_sweep
+
+
+def sweep_swapped(train_feats, test_feats, ks, seed=0):
+    out = sweep_of(ids_torch, V.maha_torch_pinv)(train_feats, test_feats, ks, seed)
+    return {k: {"cluster_ids": v["cluster_ids"], "md": v["rmd"], "rmd": v["md"]}
+            for k, v in out.items()}
+
+
+def sweep_skips_one(train_feats, test_feats, ks, seed=0):
+    # a sweep that leaves out k = 1 because "k-means needs two clusters"
+    return sweep_of(ids_torch, V.maha_torch_pinv)(train_feats, test_feats,
+                                                    [k for k in ks if k > 1], seed)
+
+
+SWEEPS = [sweep_of(ids_torch, V.maha_torch_pinv), sweep_of(ids_fit_predict, V.maha_np_pinv),
+          sweep_of(ids_settings_dict, V.maha_seed_shape)]
+
+
+@pytest.mark.parametrize("fn", SWEEPS, ids=lambda f: f.__name__)
+def test_correct_sweeps_pass_the_selfcheck(fn, capsys):
+    checks.check_kmeans_sweep(fn)
+    assert "public checks passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, phrase", [(sweep_swapped, "swapped"),
+                                        (sweep_skips_one, "one entry per k")],
+                         ids=lambda x: getattr(x, "__name__", ""))
+def test_sweep_mistakes_are_named(fn, phrase):
+    with pytest.raises(AssertionError, match=phrase):
+        checks.check_kmeans_sweep(fn)
+
+
+def test_correct_sweep_reaches_the_sweep_targets(real):
+    """k = 1 and 3 on the real features (10, 50, 100 are the AUROC checks above)."""
+    tr, both, n_in, _ = real
+    for fn in SWEEPS[:2]:
+        out = fn(tr, both, (1, 3), seed=0)
+        got = {}
+        for k in (1, 3):
+            for kind in ("md", "rmd"):
+                s = torch.as_tensor(out[k][kind]).double().numpy()
+                got[f"k={k} {kind}"] = metrics.auroc(s[:n_in], s[n_in:])
+        checks.check_sweep("kmeans_k", {s: got[s] for s in ("k=1 md", "k=3 md", "k=3 rmd")},
+                           profile="miniclip")
+        # one cluster is the background Gaussian: RMD is zero up to rounding
+        rmd1 = torch.as_tensor(out[1]["rmd"]).double().abs().max().item()
+        md1 = torch.as_tensor(out[1]["md"]).double().abs().median().item()
+        assert rmd1 < 1e-6 * md1

@@ -53,6 +53,14 @@ def labels_max_value(logits):
     return logits.max(dim=1).values
 
 
+def labels_int32(logits):
+    return logits.argmax(dim=1).to(torch.int32)
+
+
+def labels_numpy_int32(logits):
+    return np.argmax(np.asarray(logits), axis=1).astype(np.int32)
+
+
 # --------------------------------------------------------------------------- training
 
 def train_reference_shape(train_feats, targets, num_classes, *, epochs, lr, seed):
@@ -202,6 +210,48 @@ def train_unseeded(train_feats, targets, num_classes, *, epochs, lr, seed):
     return layer
 
 
+def _train_planted(train_feats, targets, num_classes, *, epochs, lr, seed, zero_grad=True,
+                   bias=True, load_best=True, batch_size=None, shuffle=False):
+    """The prescribed training with one switch per planted mistake."""
+    torch.manual_seed(seed)
+    layer = nn.Linear(train_feats.shape[1], num_classes, bias=bias)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
+    best, state = -1.0, None
+    batch = batch_size or len(train_feats)
+    for _ in range(epochs):
+        order = torch.randperm(len(train_feats)) if shuffle else torch.arange(len(train_feats))
+        for start in range(0, len(train_feats), batch):
+            rows = order[start:start + batch]
+            loss = F.cross_entropy(layer(train_feats[rows]), targets[rows])
+            if zero_grad:
+                optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            acc = (layer(train_feats).argmax(1) == targets).float().mean().item()
+        if acc > best:
+            best, state = acc, copy.deepcopy(layer.state_dict())
+    if load_best:
+        layer.load_state_dict(state)
+    return layer
+
+
+def _planted(name, **switches):
+    def fn(train_feats, targets, num_classes, *, epochs, lr, seed):
+        return _train_planted(train_feats, targets, num_classes, epochs=epochs, lr=lr, seed=seed,
+                              **switches)
+    fn.__name__ = name
+    return fn
+
+
+train_no_zero_grad = _planted("train_no_zero_grad", zero_grad=False)
+train_no_bias = _planted("train_no_bias", bias=False)
+train_deepcopy_never_loaded = _planted("train_deepcopy_never_loaded", load_best=False)
+train_minibatch_128 = _planted("train_minibatch_128", batch_size=128)
+train_minibatch_256_shuffled = _planted("train_minibatch_256_shuffled", batch_size=256,
+                                        shuffle=True)
+
+
 TRUE_LABELS: torch.Tensor | None = None  # set by the fixture: the real ID training labels
 
 
@@ -290,7 +340,8 @@ def test_correct_pseudo_labels_pass_and_equal_the_reference(fn, data):
 
 @pytest.mark.parametrize("fn, words", [
     (labels_wrong_axis, "one value per CLASS"), (labels_argmin, "argmin"),
-    (labels_max_value, "not its index")], ids=lambda v: getattr(v, "__name__", ""))
+    (labels_max_value, "not its index"), (labels_int32, "int64"),
+    (labels_numpy_int32, "int64")], ids=lambda v: getattr(v, "__name__", ""))
 def test_pseudo_label_mistakes_are_named(fn, words):
     with pytest.raises(AssertionError, match=words):
         checks.check_pseudo_labels(fn)
@@ -311,7 +362,11 @@ def test_correct_msp_passes_both_checks(fn, data):
 
 @pytest.mark.parametrize("fn, words", [
     (train_last_epoch, "LAST epoch"), (train_state_dict_not_copied, "live tensors"),
-    (train_sgd, "SGD instead of Adam"), (train_unseeded, "torch.manual_seed(seed) immediately")],
+    (train_sgd, "SGD instead of Adam"), (train_unseeded, "torch.manual_seed(seed) immediately"),
+    (train_no_zero_grad, "zero_grad() is missing"), (train_no_bias, "no bias"),
+    (train_deepcopy_never_loaded, "never loaded back"),
+    (train_minibatch_128, "mini-batches (128 rows per step)"),
+    (train_minibatch_256_shuffled, "no shuffling or mini-batches")],
     ids=lambda v: getattr(v, "__name__", ""))
 def test_training_mistakes_are_named(fn, words):
     with pytest.raises(AssertionError) as caught:
@@ -335,3 +390,82 @@ def test_training_on_the_true_labels_is_caught_by_the_self_check(data):
 def test_msp_mistakes_are_named(fn, words):
     with pytest.raises(AssertionError, match=words):
         checks.check_probe_msp(fn)
+
+
+# --------------------------------------------------------------------------- the temperature sweep
+
+def sweep_reference_shape(layer, id_feats, ood_feats, temperatures):
+    with torch.no_grad():
+        z_in, z_out = layer(id_feats.float()).double(), layer(ood_feats.float()).double()
+    return {t: metrics.auroc((z_in / t).softmax(1).max(1).values,
+                             (z_out / t).softmax(1).max(1).values) for t in temperatures}
+
+
+def sweep_scipy(layer, id_feats, ood_feats, temperatures):
+    with torch.no_grad():
+        z_in = layer(id_feats).numpy().astype(np.float64)
+        z_out = layer(ood_feats).numpy().astype(np.float64)
+    out = {}
+    for t in temperatures:
+        out[t] = metrics.auroc(scipy.special.softmax(z_in / t, axis=1).max(1),
+                               scipy.special.softmax(z_out / t, axis=1).max(1))
+    return out
+
+
+def sweep_msp_of_scaled_layer(layer, id_feats, ood_feats, temperatures):
+    # divides inside a wrapper module and reuses an MSP function of Exercise 3's shape
+    out = {}
+    for t in temperatures:
+        tempered = nn.Sequential(layer, nn.Identity())
+        with torch.no_grad():
+            s_in = F.softmax(tempered(id_feats).double() / t, dim=-1).amax(-1)
+            s_out = F.softmax(tempered(ood_feats).double() / t, dim=-1).amax(-1)
+        out[t] = metrics.auroc(s_in, s_out)
+    return out
+
+
+def sweep_multiplied(layer, id_feats, ood_feats, temperatures):
+    with torch.no_grad():
+        z_in, z_out = layer(id_feats).double(), layer(ood_feats).double()
+    return {t: metrics.auroc((z_in * t).softmax(1).max(1).values,
+                             (z_out * t).softmax(1).max(1).values) for t in temperatures}
+
+
+def sweep_float32(layer, id_feats, ood_feats, temperatures):
+    with torch.no_grad():
+        z_in, z_out = layer(id_feats), layer(ood_feats)
+    return {t: metrics.auroc((z_in / t).softmax(1).max(1).values,
+                             (z_out / t).softmax(1).max(1).values) for t in temperatures}
+
+
+def sweep_ignores_t(layer, id_feats, ood_feats, temperatures):
+    return {t: metrics.auroc(msp_reference_shape(layer, id_feats),
+                             msp_reference_shape(layer, ood_feats)) for t in temperatures}
+
+
+def sweep_fraction(layer, id_feats, ood_feats, temperatures):
+    return {t: v / 100 for t, v in sweep_reference_shape(layer, id_feats, ood_feats,
+                                                         temperatures).items()}
+
+
+@pytest.mark.parametrize("fn", [sweep_reference_shape, sweep_scipy, sweep_msp_of_scaled_layer],
+                         ids=lambda f: f.__name__)
+def test_correct_temperature_sweeps_pass_both_checks(fn, data, capsys):
+    from ood_utils.sweeps import PROBE_TEMPERATURES
+
+    checks.check_temperature_sweep(fn)
+    assert "public checks passed" in capsys.readouterr().out
+    feats, _ = data
+    layer = _train(train_reference_shape, data)
+    checks.check_sweep("plp_temperature", fn(layer, feats["id_test_feats"],
+                                             feats["ood_test_feats"], PROBE_TEMPERATURES),
+                       profile="miniclip")
+
+
+@pytest.mark.parametrize("fn, words", [
+    (sweep_multiplied, "multiplied by T"), (sweep_float32, "float32"),
+    (sweep_ignores_t, "not used"), (sweep_fraction, "fraction")],
+    ids=lambda v: getattr(v, "__name__", ""))
+def test_temperature_sweep_mistakes_are_named(fn, words):
+    with pytest.raises(AssertionError, match=words):
+        checks.check_temperature_sweep(fn)
