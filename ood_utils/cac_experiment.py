@@ -31,7 +31,7 @@ from . import data as datasets
 from .cac import DEFAULT_ALPHA, DEFAULT_LAMBDA, CACModel, cac_loss
 from .features import cached
 from .profiles import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES, Profile, get_profile
-from .scores import one_cpu_thread
+from ._threads import one_cpu_thread
 
 
 # --------------------------------------------------------------------------------------------

@@ -228,9 +228,7 @@ def zero_shot_logits(model: nn.Module, tokenizer, image_feats: Any, class_names:
     The trunk features are projected into the joint space and L2-normalised
     (:func:`image_embeddings`); each class name is embedded by the text tower
     (:func:`text_embeddings`). The logits are the cosine similarities times CLIP's learned
-    temperature ``model.logit_scale.exp()`` (about 100 for trained models). (Moved here from
-    :mod:`ood_utils.scores`, which knows no model; ``scores.zero_shot_logits`` still
-    resolves to this function.)
+    temperature ``model.logit_scale.exp()`` (about 100 for trained models).
 
     Parameters
     ----------

@@ -236,13 +236,10 @@ def load_scores(profile: str | Profile | None = None,
 
 
 def _answer_key(expected: Callable | None) -> Callable:
-    if expected is not None:
-        return expected
-    # transitional: notebook 08 calls table(profile) / format_table(profile) without the
-    # answer key; once it passes expected=get_expected this fallback goes
-    from .expected import get_expected
-
-    return get_expected
+    if expected is None:
+        raise TypeError("pass the answer key: expected=ood_utils.expected.get_expected "
+                        "(the results module does not import it)")
+    return expected
 
 
 def table(profile: str | Profile | None = None, expected: Callable | None = None) -> list[dict]:

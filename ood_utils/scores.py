@@ -45,7 +45,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._arrays import as_kind, check_array, check_labels, check_same_dim, is_tensor, to_tensor
-# one_cpu_thread is re-exported for cac_experiment, which imports it from here
 from ._threads import one_cpu_thread
 
 __all__ = [
@@ -62,16 +61,6 @@ __all__ = [
     "kmeans_mahalanobis_scores",
     "KMEANS_SETTINGS",
 ]
-
-
-def __getattr__(name: str):
-    # ``scores.zero_shot_logits`` moved to :mod:`ood_utils.models` (it needs a CLIP model);
-    # the old name stays importable for notebook 03 until it calls models.zero_shot_logits
-    if name == "zero_shot_logits":
-        from .models import zero_shot_logits
-
-        return zero_shot_logits
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Largest similarity block (number of float32 entries) :func:`knn_scores` builds at once

@@ -191,10 +191,6 @@ def test_zero_shot_logits_match_clip(random_miniclip):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     got_np = models.zero_shot_logits(model, tokenizer, trunk.numpy(), names)
     assert isinstance(got_np, np.ndarray)
-    # the old name in the methods module (notebook 03 uses it) is the same function
-    from ood_utils import scores
-
-    assert scores.zero_shot_logits is models.zero_shot_logits
 
 
 def test_zero_shot_logits_template_ensemble(random_miniclip):

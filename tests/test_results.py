@@ -88,9 +88,6 @@ def test_results_know_no_answer_key():
     code = ("import sys, ood_utils.results as r; "
             "assert 'ood_utils.expected' not in sys.modules, 'results imports the answer key'")
     subprocess.run([sys.executable, "-c", code], check=True)
-    # until the answer key imports them from here, both lists must agree
-    assert results.CHECK_IDS == expected.CHECK_IDS
-    assert results.LABELS == expected.LABELS and results.NOTEBOOKS == expected.NOTEBOOKS
 
 
 def test_table_and_format_table(results_tmp):
@@ -113,13 +110,12 @@ def test_table_and_format_table(results_tmp):
     assert "02_knn" not in results.missing_notebooks("miniclip")
 
 
-def test_without_a_key_the_answer_key_is_used(results_tmp):
-    """The transitional default for notebook 08's ``table(profile)``: the answer key's own
-    targets, the same table as when the runner passes them."""
+def test_without_a_key_the_table_says_what_to_pass(results_tmp):
+    """results knows no targets: a table without the answer key is an error that names it."""
     results.record("knn", *_toy_scores(), profile="miniclip", quiet=True)
-    assert results.format_table("miniclip") == results.format_table(
-        "miniclip", expected=expected.get_expected)
-    assert results.table("miniclip") == results.table("miniclip", expected=expected.get_expected)
+    for build in (results.table, results.format_table):
+        with pytest.raises(TypeError, match="expected=ood_utils.expected.get_expected"):
+            build("miniclip")
 
 
 def test_extras_are_stored_validated_and_judged(results_tmp):
