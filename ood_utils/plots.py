@@ -563,6 +563,9 @@ def batch_logit_matrix(logits: Any, labels: Any, class_names: Sequence[str], tit
     ax.set_xlabel("caption (sorted by class)")
     ax.set_ylabel("image (sorted by class)")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, label="logit")
+    if title:
+        ax.set_title(title)
+    return ax
 
 
 def _subsample(n: int, most: int, seed: int = 0) -> np.ndarray:

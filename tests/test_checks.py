@@ -422,7 +422,7 @@ def test_every_public_check_hides_its_own_frame():
     for f in public:  # the signature stays the one of the check (for help() and the docs)
         assert "student_fn" in inspect.signature(f).parameters or f.__name__ in (
             "check_auroc", "check_cac_results", "check_knn_sweep_result",
-            "check_msp_sweep_result"), f.__name__
+            "check_msp_sweep_result", "check_sweep", "check_threshold_sweep_results"), f.__name__
 
 
 def test_stripping_leaves_the_students_frame_and_drops_the_checks_frames():
