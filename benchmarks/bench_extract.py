@@ -22,7 +22,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["OOD_FEATURES_DIR"] = tmp
-        from ood_utils.features import load_features
+        from ood_utils.course.features import load_features
 
         start = time.perf_counter()
         feats = load_features(args.profile, device="cpu", num_workers=args.workers)

@@ -45,10 +45,10 @@ def main(argv=None) -> int:
                         help="grade once (sandboxed if available), no --no-sandbox run")
     args = parser.parse_args(argv)
 
-    from ood_utils.execute import execute_notebook
-    from ood_utils.grading import _kernel_env
-    from ood_utils.profiles import get_profile
-    from ood_utils.sandbox import unavailable_reason
+    from ood_utils.grader.execute import execute_notebook
+    from ood_utils.grader.grading import _kernel_env
+    from ood_utils.course.profiles import get_profile
+    from ood_utils.grader.sandbox import unavailable_reason
 
     if args.notebook:
         source = Path(args.notebook)

@@ -56,7 +56,7 @@ def _job(name: str, case: str, repeat: int, threads: int, queue) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
-    from ood_utils import scores
+    from ood_utils import methods
 
     n_train, n_test, dim = CASES[case]
     g = torch.Generator().manual_seed(0)
@@ -76,20 +76,20 @@ def _job(name: str, case: str, repeat: int, threads: int, queue) -> None:
     jobs = {
         "matmul": lambda: test @ train.T,
         "sklearn": sklearn_knn,
-        "knn_scores": lambda: scores.knn_scores(train, test, k=1),
-        "knn_scores k=50": lambda: scores.knn_scores(train, test, k=50),
-        "mahalanobis MD": lambda: scores.mahalanobis_scores(train, labels, test),
-        "mahalanobis RMD": lambda: scores.mahalanobis_scores(train, labels, test, relative=True),
+        "knn_scores": lambda: methods.knn_scores(train, test, k=1),
+        "knn_scores k=50": lambda: methods.knn_scores(train, test, k=50),
+        "mahalanobis MD": lambda: methods.mahalanobis_scores(train, labels, test),
+        "mahalanobis RMD": lambda: methods.mahalanobis_scores(train, labels, test, relative=True),
         # ID and OOD rows as the notebooks score them: two wrapper calls (two fits) against
         # one fit of the estimator scoring both sets
-        "RMD 2 sets, 2 fits": lambda: [scores.mahalanobis_scores(train, labels, t, relative=True)
+        "RMD 2 sets, 2 fits": lambda: [methods.mahalanobis_scores(train, labels, t, relative=True)
                                        for t in (test[:half], test[half:])],
         "RMD 2 sets, 1 fit": lambda: [m.score_samples(t) for m in
-                                      [scores.Mahalanobis(relative=True).fit(train, labels)]
+                                      [methods.Mahalanobis(relative=True).fit(train, labels)]
                                       for t in (test[:half], test[half:])],
-        "kmeans10 + MD": lambda: scores.kmeans_mahalanobis_scores(train, test, 10),
-        "kmeans100 + MD": lambda: scores.kmeans_mahalanobis_scores(train, test, 100),
-        "msp_scores": lambda: scores.msp_scores(logits),
+        "kmeans10 + MD": lambda: methods.kmeans_mahalanobis_scores(train, test, 10),
+        "kmeans100 + MD": lambda: methods.kmeans_mahalanobis_scores(train, test, 100),
+        "msp_scores": lambda: methods.msp_scores(logits),
     }
     fn = jobs[name]
     fn()  # warm-up: thread pools, lazy imports, allocator

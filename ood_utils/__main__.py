@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from .profiles import PROFILES
+from .course.profiles import PROFILES
 
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
 
 
 def _use_profile(args) -> str:
-    from .profiles import ENV_VAR, get_profile
+    from .course.profiles import ENV_VAR, get_profile
 
     name = get_profile(getattr(args, "profile", None)).name
     os.environ[ENV_VAR] = name  # notebooks and kernels started from here inherit it
@@ -24,8 +24,8 @@ def _use_profile(args) -> str:
 
 
 def cmd_extract(args) -> int:
-    from .data import FEATURE_SPLITS
-    from .features import load_features
+    from .course.data import FEATURE_SPLITS
+    from .course.features import load_features
 
     name = _use_profile(args)
     start = time.time()
@@ -39,7 +39,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_check_data(args) -> int:
-    from .data import DataMissingError, find_fashion_mnist
+    from .course.data import DataMissingError, find_fashion_mnist
 
     try:
         print(f"Fashion-MNIST found in {find_fashion_mnist()}")
@@ -51,9 +51,9 @@ def cmd_check_data(args) -> int:
 
 def cmd_zero_shot(args) -> int:
     """Zero-shot accuracy of the shipped tiny CLIP on the 10-class Fashion-MNIST test split."""
-    from .data import load_fashion_mnist
-    from .models import load_clip
-    from .train_clip import EVAL_TEMPLATE, images_to_tensor, zero_shot_accuracy
+    from .course.data import load_fashion_mnist
+    from .course.models import load_clip
+    from .course.train_clip import EVAL_TEMPLATE, images_to_tensor, zero_shot_accuracy
 
     model, _, tokenizer = load_clip("miniclip")
     images, labels = load_fashion_mnist("test")
@@ -66,8 +66,8 @@ def cmd_zero_shot(args) -> int:
 
 
 def cmd_train_miniclip(args) -> int:
-    from .models import MINICLIP_WEIGHTS
-    from .train_clip import train_miniclip
+    from .course.models import MINICLIP_WEIGHTS
+    from .course.train_clip import train_miniclip
 
     args.out = args.out or str(MINICLIP_WEIGHTS)
     result = train_miniclip(epochs=args.epochs, seed=args.seed, limit=args.limit, out=args.out,
@@ -82,9 +82,9 @@ def cmd_train_miniclip(args) -> int:
 
 def cmd_download(args) -> int:
     """Fetch what a profile needs from the internet (weights and datasets)."""
-    from .data import FEATURE_SPLITS, DataMissingError, feature_dataset
-    from .models import WeightsMissingError, load_clip
-    from .profiles import get_profile
+    from .course.data import FEATURE_SPLITS, DataMissingError, feature_dataset
+    from .course.models import WeightsMissingError, load_clip
+    from .course.profiles import get_profile
 
     name = _use_profile(args)
     try:
@@ -93,7 +93,7 @@ def cmd_download(args) -> int:
             feature_dataset(name, split)
         p = get_profile(name)
         if p.cac_known == "MNIST":
-            from .data import torchvision_dataset
+            from .course.data import torchvision_dataset
             torchvision_dataset("MNIST", True)
             torchvision_dataset("MNIST", False)
     except (WeightsMissingError, DataMissingError) as err:
@@ -104,7 +104,7 @@ def cmd_download(args) -> int:
 
 
 def cmd_course(args) -> int:
-    from .course import run_course
+    from .run import run_course
 
     name = _use_profile(args)
     only = [s.strip() for s in args.only.split(",")] if args.only else None
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_download)
 
     for name, module in (("release", "release"), ("grade", "grading")):
-        mod = importlib.import_module(f".{module}", __package__)  # a broken module fails loudly
+        mod = importlib.import_module(f".grader.{module}", __package__)  # a broken module fails loudly
         helptext = (mod.__doc__ or name).strip().splitlines()[0]
         p = sub.add_parser(name, help=helptext, description=mod.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

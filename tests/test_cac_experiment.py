@@ -1,4 +1,4 @@
-"""Tests of ood_utils.cac_experiment: notebook 07's data, baseline CNN and training loops."""
+"""Tests of ood_utils.course.cac_experiment: notebook 07's data, baseline CNN and training loops."""
 from __future__ import annotations
 
 import copy
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ood_utils import cac
-from ood_utils import cac_experiment as ce
-from ood_utils.data import DataMissingError
+from ood_utils.methods import cac
+from ood_utils.course import cac_experiment as ce
+from ood_utils.course.data import DataMissingError
 
 
 # --------------------------------------------------------------------------- models
@@ -194,7 +194,7 @@ def test_train_open_set_on_a_tiny_profile_is_reproducible():
     """The notebook's pipeline end to end on a few images per class, with a custom loop."""
     import dataclasses
 
-    from ood_utils.profiles import PROFILES
+    from ood_utils.course.profiles import PROFILES
 
     tiny = dataclasses.replace(PROFILES["miniclip"], cac_baseline_per_class=6,
                                cac_baseline_epochs=1)

@@ -3,7 +3,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 
 from ood_utils import __main__ as cli
-from ood_utils.course import course_notebooks
+from ood_utils.run import course_notebooks
 
 
 def _write(path, *sources):

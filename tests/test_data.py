@@ -4,8 +4,8 @@ import struct
 import numpy as np
 import pytest
 
-from ood_utils import data
-from ood_utils.profiles import FMNIST_KNOWN, FMNIST_UNKNOWN, get_profile
+from ood_utils.course import data
+from ood_utils.course.profiles import FMNIST_KNOWN, FMNIST_UNKNOWN, get_profile
 
 
 def test_fashion_mnist_shapes_and_class_balance():

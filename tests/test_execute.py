@@ -1,11 +1,10 @@
-"""Tests of ood_utils.execute on tiny notebooks built in the tests (one kernel each)."""
+"""Tests of ood_utils.grader.execute on tiny notebooks built in the tests (one kernel each)."""
 import os
 
 import nbformat
 import pytest
 
-from ood_utils.execute import (ExecutionResult, describe_failure, execute_notebook,
-                               truncate_outputs)
+from ood_utils.grader.execute import ExecutionResult, describe_failure, execute_notebook, truncate_outputs
 
 v4 = nbformat.v4
 

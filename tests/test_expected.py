@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from ood_utils import expected
+from ood_utils.answer_key import expected
 
 
 SEED_CLIP = dict(zip(

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from ood_utils import data, features, models
-from ood_utils.profiles import get_profile
+from ood_utils.course import data, features, models
+from ood_utils.course.profiles import get_profile
 
 N = 24
 
@@ -179,7 +179,7 @@ def _count_scans(monkeypatch):
     import collections
     import sys
 
-    from ood_utils import _arrays
+    from ood_utils.methods import _arrays
 
     def key(x):
         ptr = x.data_ptr() if isinstance(x, torch.Tensor) else x.__array_interface__["data"][0]
@@ -209,7 +209,9 @@ def test_nothing_is_validated_twice_from_the_cache_to_an_auroc(small_profile, mo
     """load_features -> (rotation) -> a scorer fitted once -> the metrics: every tensor on the
     way is validated exactly once (at the public boundary it enters), and the cache read
     itself scans nothing (its digest proves the values are those checked at extraction)."""
-    from ood_utils import metrics, results, scores
+    from ood_utils.methods import metrics
+    from ood_utils.course import results
+    from ood_utils import methods
 
     p, _, calls = small_profile
     features.load_features(p, device="cpu", progress=False)  # extract and write
@@ -223,23 +225,23 @@ def test_nothing_is_validated_twice_from_the_cache_to_an_auroc(small_profile, mo
 
     def knn():  # one call for both sets (two calls would validate the training set twice)
         both = torch.cat([te, oo])
-        s = scores.knn_scores(tr, both)
+        s = methods.knn_scores(tr, both)
         return metrics.ood_metrics(s[:N], s[N:]), [tr, both]
 
     def mahalanobis():
-        rtr, rte, roo = scores.drop_degenerate_directions(tr, te, oo)
-        md = scores.Mahalanobis(relative=True).fit(rtr, y)
+        rtr, rte, roo = methods.drop_degenerate_directions(tr, te, oo)
+        md = methods.Mahalanobis(relative=True).fit(rtr, y)
         return metrics.ood_metrics(md.score_samples(rte), md.score_samples(roo)), [rtr, rte, y]
 
     def kmeans_wrapper():
         both = torch.cat([te, oo])
-        s = scores.kmeans_mahalanobis_scores(tr, both, 2, relative=True)
+        s = methods.kmeans_mahalanobis_scores(tr, both, 2, relative=True)
         return results.record("kmeans10_rmd", s[:N], s[N:], profile="miniclip", quiet=True), \
             [tr, both]
 
     def md_wrapper():  # one call for both sets: one fit (two calls would fit twice)
         both = torch.cat([te, oo])
-        s = scores.mahalanobis_scores(tr, y, both)
+        s = methods.mahalanobis_scores(tr, y, both)
         return metrics.auroc(s[:N], s[N:]), [tr, y, both]
 
     for chain in (knn, mahalanobis, kmeans_wrapper, md_wrapper):

@@ -1,4 +1,4 @@
-"""Tests of ood_utils.grading on the synthetic toy notebook, with adversarial submissions.
+"""Tests of ood_utils.grader.grading on the synthetic toy notebook, with adversarial submissions.
 
 One grading run (module fixture, --jobs 2) covers every submission; the tests then read its
 rows, grades.csv, summary.md and the feedback notebooks.
@@ -13,10 +13,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ood_utils.grading import (COLUMNS, configure_parser, graded_parts, match_submission,
-                               restore_locked_cells, run)
-from ood_utils.grading import grade_submissions
-from ood_utils.release import release_notebook
+from ood_utils.grader.grading import (COLUMNS, configure_parser, graded_parts, match_submission, restore_locked_cells, run)
+from ood_utils.grader.grading import grade_submissions
+from ood_utils.grader.release import release_notebook
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOY_DIR = FIXTURES / "toy_course"
@@ -349,7 +348,7 @@ def test_later_calls_see_the_current_environment(graded, tmp_path, monkeypatch):
 
 
 def test_nbgrader_layout_names_the_first_folder_below_the_root(tmp_path):
-    from ood_utils.grading import _submissions, find_submissions
+    from ood_utils.grader.grading import _submissions, find_submissions
 
     def put(rel):
         path = tmp_path / rel
@@ -389,8 +388,8 @@ def test_help_documents_the_sandbox_options():
 
 
 def test_without_a_sandbox_grading_refuses_unless_told(tmp_path, monkeypatch, capsys):
-    from ood_utils import sandbox
-    from ood_utils.grading import SandboxUnavailable
+    from ood_utils.grader import sandbox
+    from ood_utils.grader.grading import SandboxUnavailable
 
     monkeypatch.setattr(sandbox, "unavailable_reason", lambda: "bwrap is not installed")
     sub = tmp_path / "subs" / "alice_02_toy.ipynb"
@@ -423,8 +422,8 @@ def test_the_grader_repairs_a_poisoned_feature_cache_before_any_kernel_runs(tmp_
 
     import torch
 
-    from ood_utils.features import load_features
-    from ood_utils.profiles import features_dir
+    from ood_utils.course.features import load_features
+    from ood_utils.course.profiles import features_dir
 
     original = load_features("miniclip", progress=False)  # the course's own cache
     cache = tmp_path / "features"

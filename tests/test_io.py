@@ -1,4 +1,4 @@
-"""ood_utils._io: atomic writes and the cache lock, exercised across real processes."""
+"""ood_utils.course._io: atomic writes and the cache lock, exercised across real processes."""
 import multiprocessing as mp
 import os
 import time
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ood_utils._io import atomic_write_text, folder_lock
+from ood_utils.course._io import atomic_write_text, folder_lock
 
 
 def _hold_lock(folder, log, seconds):
@@ -22,7 +22,7 @@ def _compute_once(features_dir, log, seconds):
     os.environ["OOD_FEATURES_DIR"] = str(features_dir)
     import torch
 
-    from ood_utils.features import cached
+    from ood_utils.course.features import cached
 
     def compute():
         with open(log, "a") as fh:
@@ -82,7 +82,7 @@ def test_two_processes_asking_for_the_same_cached_value_compute_it_once(tmp_path
 def test_atomic_write_leaves_no_half_file_when_writing_fails(tmp_path):
     target = tmp_path / "a.txt"
     atomic_write_text(target, "old")
-    from ood_utils._io import atomic_write
+    from ood_utils.course._io import atomic_write
 
     def broken(tmp):
         Path(tmp).write_text("half")

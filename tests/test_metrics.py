@@ -1,4 +1,4 @@
-"""Tests of ood_utils.metrics (a layer over scikit-learn) against hand-worked cases and brute
+"""Tests of ood_utils.methods.metrics (a layer over scikit-learn) against hand-worked cases and brute
 force computed from the definitions, never against scikit-learn called the same way."""
 from unittest import mock
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ood_utils import _arrays, metrics
+from ood_utils.methods import _arrays, metrics
 
 
 def brute_auroc(s_in, s_out):

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ood_utils import models
-from ood_utils.data import feature_dataset, load_fashion_mnist
-from ood_utils.profiles import FASHION_MNIST_CLASSES
-from ood_utils.train_clip import images_to_tensor
+from ood_utils.course import models
+from ood_utils.course.data import feature_dataset, load_fashion_mnist
+from ood_utils.course.profiles import FASHION_MNIST_CLASSES
+from ood_utils.course.train_clip import images_to_tensor
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_clip_weights_missing_offline_is_a_clear_fast_error(tmp_path, monkeypatc
 
 def test_short_training_is_reproducible_and_its_card_names_the_saved_tensors(tmp_path):
     """Two runs from one seed give the same tensors; the card's digest is that of the file."""
-    from ood_utils.train_clip import train_miniclip
+    from ood_utils.course.train_clip import train_miniclip
 
     digests = []
     for run in ("a", "b"):
@@ -135,7 +135,7 @@ def test_training_with_a_given_loss_uses_it_and_rejects_unusable_losses():
     """``loss_fn`` replaces the soft loss (notebook 00 trains on the student's loss): the first
     step's loss differs from the soft loss's on the same batch and weights; a loss without a gradient or of the wrong shape is refused with
     a message that says why."""
-    from ood_utils.train_clip import train_miniclip
+    from ood_utils.course.train_clip import train_miniclip
 
     def plain(u, v, s):
         t = torch.arange(len(u))
@@ -160,7 +160,7 @@ def test_training_with_a_given_loss_uses_it_and_rejects_unusable_losses():
 
 @pytest.fixture(scope="module")
 def random_miniclip():
-    from ood_utils.models import load_clip
+    from ood_utils.course.models import load_clip
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -194,7 +194,7 @@ def test_zero_shot_logits_match_clip(random_miniclip):
 
 
 def test_zero_shot_logits_template_ensemble(random_miniclip):
-    from ood_utils.models import PLP_TEMPLATES
+    from ood_utils.course.models import PLP_TEMPLATES
 
     model, tokenizer = random_miniclip
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))

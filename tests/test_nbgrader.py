@@ -1,8 +1,8 @@
 """Fast tests of what makes the course gradable by nbgrader (no nbgrader needed).
 
-- ``ood_utils.streams``: inside a kernel, warnings raised while checks or student code run
+- ``ood_utils.course.streams``: inside a kernel, warnings raised while checks or student code run
   print on stdout, so nbgrader does not score the graded cell 0 for stderr output;
-- ``ood_utils.results.record`` writes nothing while nbgrader runs (``NBGRADER_EXECUTION``).
+- ``ood_utils.course.results.record`` writes nothing while nbgrader runs (``NBGRADER_EXECUTION``).
 
 The end-to-end runs with nbgrader itself are in ``tests/nbgrader/nbgrader_suite.py``
 (``make test-nbgrader``).
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ood_utils import results
-from ood_utils.execute import execute_notebook
-from ood_utils.streams import route_warnings_to_stdout
+from ood_utils.course import results
+from ood_utils.grader.execute import execute_notebook
+from ood_utils.course.streams import route_warnings_to_stdout
 
 
 def _streams(cell):
@@ -28,7 +28,7 @@ def test_warnings_in_a_kernel_print_on_stdout_after_importing_checks(tmp_path):
     v4 = nbformat.v4
     nb = v4.new_notebook(cells=[
         v4.new_code_cell("import warnings, sys\nwarnings.warn('before the hook', UserWarning)"),
-        v4.new_code_cell("from ood_utils import checks"),
+        v4.new_code_cell("from ood_utils.answer_key import checks"),
         v4.new_code_cell("warnings.warn('after the hook', UserWarning)"),
         # a torch UserWarning from correct code: copy-constructing a tensor from a tensor
         v4.new_code_cell("import torch\nx = torch.tensor(torch.ones(3))\nprint(float(x.sum()))"),

@@ -11,9 +11,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ood_utils import expected
-from ood_utils.grading import graded_parts, grade_submissions
-from ood_utils.release import find_leaks, release_notebook, solution_lines
+from ood_utils.answer_key import expected
+from ood_utils.grader.grading import graded_parts, grade_submissions
+from ood_utils.grader.release import find_leaks, release_notebook, solution_lines
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -191,7 +191,7 @@ def _clip_loss_by_hand(img, txt, scale):
 
 
 def test_clip_loss_check_accepts_a_hand_written_loss(capsys):
-    from ood_utils import checks
+    from ood_utils.answer_key import checks
     checks.check_clip_loss(_clip_loss_by_hand)
     assert "public checks passed" in capsys.readouterr().out
 
@@ -203,7 +203,7 @@ def test_clip_loss_check_accepts_a_hand_written_loss(capsys):
     (lambda i, t, s: 2 * _clip_loss_by_hand(i, t, s), "differ"),
 ])
 def test_clip_loss_check_rejects_planted_mistakes(wrong, phrase):
-    from ood_utils import checks
+    from ood_utils.answer_key import checks
     with pytest.raises(AssertionError, match=phrase):
         checks.check_clip_loss(wrong)
 
@@ -222,7 +222,7 @@ def _extract(backbone, loader, device, eval_mode=True, grad=False):
 
 
 def test_extract_check_accepts_a_plain_loop(capsys):
-    from ood_utils import checks
+    from ood_utils.answer_key import checks
     checks.check_extract_features(_extract)
     assert "public checks passed" in capsys.readouterr().out
 
@@ -234,7 +234,7 @@ def test_extract_check_accepts_a_plain_loop(capsys):
     (lambda b, l, d: _extract(b, l, d)[0], "pair"),
 ])
 def test_extract_check_rejects_planted_mistakes(wrong, phrase):
-    from ood_utils import checks
+    from ood_utils.answer_key import checks
     with pytest.raises(AssertionError, match=phrase):
         checks.check_extract_features(wrong)
 
@@ -244,7 +244,7 @@ def test_extract_check_rejects_planted_mistakes(wrong, phrase):
 def test_released_notebook_runs_until_its_exercise_and_stops_there(path, tmp_path):
     """Everything before the exercise runs; the first failure is NotImplementedError in the
     first cell that calls the blank exercise function."""
-    from ood_utils.execute import execute_notebook
+    from ood_utils.grader.execute import execute_notebook
 
     released = release_notebook(read(path), path.name)
     exercise = next(i for i, c in enumerate(released.cells) if nbgrader(c).get("solution")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ood_utils import pipeline, scores
+from ood_utils.course import pipeline
+from ood_utils import methods
 
 
 def test_plp_probe_is_trained_once_per_seed_and_reused(tmp_path, monkeypatch):
@@ -17,13 +18,13 @@ def test_plp_probe_is_trained_once_per_seed_and_reused(tmp_path, monkeypatch):
                                                                               generator=g)}
     monkeypatch.setattr(pipeline, "zero_shot_logits", lambda p, templates=pipeline.BARE: logits)
     calls = []
-    real = scores.train_linear_probe
+    real = methods.train_linear_probe
 
     def counting(*args, **kwargs):
         calls.append(args[2].seed)  # the ProbeOptions
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(scores, "train_linear_probe", counting)
+    monkeypatch.setattr(pipeline, "train_linear_probe", counting)
     first = pipeline.plp_probe(0, "miniclip", epochs=3, progress=False)
     again = pipeline.plp_probe(0, "miniclip", epochs=3, progress=False)
     other = pipeline.plp_probe(1, "miniclip", epochs=3, progress=False)

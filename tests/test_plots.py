@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ood_utils import plots  # noqa: E402
+from ood_utils.course import plots# noqa: E402
 
 
 def _shown(ax):

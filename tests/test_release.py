@@ -1,4 +1,4 @@
-"""Tests of ood_utils.release on the synthetic toy notebook (tests/fixtures/toy_course)."""
+"""Tests of ood_utils.grader.release on the synthetic toy notebook (tests/fixtures/toy_course)."""
 import argparse
 import base64
 import copy
@@ -8,9 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ood_utils.execute import execute_notebook
-from ood_utils.release import (ReleaseError, configure_parser, release_course, release_notebook,
-                               run)
+from ood_utils.grader.execute import execute_notebook
+from ood_utils.grader.release import ReleaseError, configure_parser, release_course, release_notebook, run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOY_DIR = FIXTURES / "toy_course"
@@ -258,8 +257,8 @@ def test_frame_found_across_blank_lines_and_output_is_valid():
 
 
 def test_lock_readonly_cells_protects_setup_code_from_edits():
-    from ood_utils.grading import restore_locked_cells
-    from ood_utils.release import lock_readonly_cells
+    from ood_utils.grader.grading import restore_locked_cells
+    from ood_utils.grader.release import lock_readonly_cells
 
     v4 = nbformat.v4
     nb = v4.new_notebook(cells=[
@@ -291,7 +290,7 @@ def _md5(*parts):
 
 
 def test_checksums_are_nbgraders():
-    from ood_utils.cells import nbgrader_checksum
+    from ood_utils.course.cells import nbgrader_checksum
 
     # nbgrader 0.9.6 utils.compute_checksum, worked by hand: md5 of source, cell type,
     # str(is_grade), str(is_solution), str(is_locked), grade_id, str(float(points)) if graded
@@ -318,7 +317,7 @@ def test_checksums_are_nbgraders():
 
 
 def test_release_stamps_cells_like_nbgrader_and_a_gutted_check_is_detectable():
-    from ood_utils.cells import nbgrader_checksum
+    from ood_utils.course.cells import nbgrader_checksum
 
     out = release_notebook(toy(), "02_toy.ipynb")
     stamped = 0

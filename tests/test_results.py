@@ -10,7 +10,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from ood_utils import expected, results
+from ood_utils.answer_key import expected
+from ood_utils.course import results
 
 
 @pytest.fixture
@@ -85,8 +86,8 @@ def _key(**entries):
 
 
 def test_results_know_no_answer_key():
-    code = ("import sys, ood_utils.results as r; "
-            "assert 'ood_utils.expected' not in sys.modules, 'results imports the answer key'")
+    code = ("import sys, ood_utils.course.results as r; "
+            "assert 'ood_utils.answer_key.expected' not in sys.modules, 'results imports the answer key'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -114,7 +115,7 @@ def test_without_a_key_the_table_says_what_to_pass(results_tmp):
     """results knows no targets: a table without the answer key is an error that names it."""
     results.record("knn", *_toy_scores(), profile="miniclip", quiet=True)
     for build in (results.table, results.format_table):
-        with pytest.raises(TypeError, match="expected=ood_utils.expected.get_expected"):
+        with pytest.raises(TypeError, match="expected=ood_utils.answer_key.expected.get_expected"):
             build("miniclip")
 
 
@@ -148,7 +149,7 @@ def test_extras_are_stored_validated_and_judged(results_tmp):
 
 def test_concurrent_records_keep_every_entry(results_tmp):
     """Several processes recording at once (the lock is _io.folder_lock) lose no entry."""
-    code = ("import sys, numpy as np; from ood_utils import results; "
+    code = ("import sys, numpy as np; from ood_utils.course import results; "
             "results.record(sys.argv[1], np.arange(5.0), np.arange(4.0) - 1, "
             "profile='miniclip', quiet=True)")
     ids = ["knn", "msp", "md"]

@@ -17,9 +17,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ood_utils.grading import grade_submissions
-from ood_utils.profiles import features_dir
-from ood_utils.sandbox import unavailable_reason
+from ood_utils.grader.grading import grade_submissions
+from ood_utils.course.profiles import features_dir
+from ood_utils.grader.sandbox import unavailable_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 KNN = ROOT / "notebooks" / "02_knn.ipynb"
@@ -117,7 +117,7 @@ MEMORY_HOG = '''    import numpy as np
         hoard.append(np.empty(50_000_000))'''
 
 PATCHER = '''
-from ood_utils import checks as grader_checks
+from ood_utils.answer_key import checks as grader_checks
 grader_checks.check_knn = lambda *a, **k: None
 grader_checks.check_auroc = lambda *a, **k: None
 '''
@@ -143,7 +143,7 @@ def graded(tmp_path_factory):
         "good": nbformat.read(KNN, as_version=4),
         "intruder": with_prefix(intruder),
         "patcher": with_body("    return torch.zeros(len(test_feats))\n", prefix=PATCHER),
-        "copier": with_body("    from ood_utils.scores import knn_scores\n"
+        "copier": with_body("    from ood_utils.methods import knn_scores\n"
                             "    return knn_scores(train_feats, test_feats, k=k)\n"),
     }
     subs.mkdir()
@@ -239,7 +239,7 @@ def test_patching_the_checks_is_rejected(graded):
     assert scores(graded, "patcher") == {**dict.fromkeys(KNN_POINTS, 0), **SWEEP_POINTS}
     for row in (rows[p] for p in KNN_POINTS):
         assert row["status"] == "rejected"
-        assert "ood_utils.checks" in row["message"] and "knn_exercise" in row["message"]
+        assert "ood_utils.answer_key.checks" in row["message"] and "knn_exercise" in row["message"]
 
 
 def test_returning_the_reference_is_rejected(graded):
@@ -250,12 +250,12 @@ def test_returning_the_reference_is_rejected(graded):
         assert "`knn_scores`, the reference implementation" in row["message"]
     feedback = nbformat.read(graded["out"] / "copier" / "02_knn.ipynb", as_version=4)
     assert "reference implementation" in feedback.cells[0].source
-    assert "from ood_utils.scores import knn_scores" in "".join(c.source for c in feedback.cells)
+    assert "from ood_utils.methods import knn_scores" in "".join(c.source for c in feedback.cells)
 
 
 def test_cpu_time_limit_names_the_limit(tmp_path):
-    from ood_utils.execute import execute_notebook
-    from ood_utils.sandbox import Limits, Sandbox
+    from ood_utils.grader.execute import execute_notebook
+    from ood_utils.grader.sandbox import Limits, Sandbox
 
     assert unavailable_reason() is None, unavailable_reason()
     v4 = nbformat.v4
@@ -275,7 +275,7 @@ def test_sandbox_hides_what_it_must(tmp_path):
     import subprocess
     import sys
 
-    from ood_utils.sandbox import Sandbox
+    from ood_utils.grader.sandbox import Sandbox
 
     secret = ROOT / "notebooks"
     box = Sandbox(tmp_path / "box", readable=[ROOT], hidden=[secret])
@@ -309,8 +309,8 @@ def test_setting_up_a_sandbox_imports_neither_torch_nor_matplotlib(tmp_path):
     out = _run_python(
         "import sys\n"
         "from pathlib import Path\n"
-        "from ood_utils.grading import _sandbox_paths\n"
-        "from ood_utils.sandbox import Sandbox\n"
+        "from ood_utils.grader.grading import _sandbox_paths\n"
+        "from ood_utils.grader.sandbox import Sandbox\n"
         f"box = Sandbox(Path({str(tmp_path / 'box')!r}), readable=_sandbox_paths('miniclip'))\n"
         "box.seed_home()\n"
         "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
@@ -335,7 +335,7 @@ def test_seed_home_copies_the_font_list_matplotlib_itself_uses(tmp_path, variabl
     assert Path(theirs) == cache
     out = _run_python(
         "from pathlib import Path\n"
-        "from ood_utils.sandbox import Sandbox\n"
+        "from ood_utils.grader.sandbox import Sandbox\n"
         f"box = Sandbox(Path({str(tmp_path / 'box')!r}))\n"
         "box.seed_home()\n"
         "print((box.home / '.cache' / 'matplotlib' / 'fontlist-v999.json').read_text())\n",

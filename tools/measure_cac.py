@@ -5,7 +5,7 @@ CAC network trained end to end (``cac_experiment.train_open_set``, seed s; by de
 reference loop, loss, anchors and distances), both on one CPU thread. Prints one JSON line per
 seed (AUROC of MSP and of CAC on the unknown test images and, where the profile has one, on the
 far unknown set; closed-set accuracy; the rates under the 95 % rule; the threshold sweep) and
-appends it to ``--out``. Copy the numbers into ``ood_utils/expected.py`` by hand.
+appends it to ``--out``. Copy the numbers into ``ood_utils/answer_key/expected.py`` by hand.
 
     OMP_NUM_THREADS=1 python tools/measure_cac.py --seeds 0 1 2 3 4 --out results/cac_seeds.jsonl
 """
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from ood_utils import cac, cac_experiment, metrics
-from ood_utils.scores import msp_scores
+from ood_utils.methods import cac, metrics
+from ood_utils.course import cac_experiment
+from ood_utils.methods import msp_scores
 
 SWEEP_TPRS = (0.80, 0.85, 0.90, 0.95, 0.99)
 

@@ -1,8 +1,8 @@
 """Measure the answer key of a profile by running the reference implementation.
 
-This is how the ``miniclip`` numbers in ``ood_utils/expected.py`` were produced. It runs the
-same functions the notebooks call (``ood_utils.scores`` through ``ood_utils.pipeline`` and
-``ood_utils.cac``), once for deterministic methods and once per seed where randomness enters
+This is how the ``miniclip`` numbers in ``ood_utils/answer_key/expected.py`` were produced. It runs the
+same functions the notebooks call (``ood_utils.methods`` through ``ood_utils.course.pipeline`` and
+``ood_utils.methods.cac``), once for deterministic methods and once per seed where randomness enters
 (the PLP probe, the CAC stage; k-means runs with its fixed settings, see below), for the
 PLP probe also a few other correct ways of writing notebook 04's training
 (``PLP_VARIANTS``), and prints for every check id the per-seed values,
@@ -51,18 +51,18 @@ PLP_VARIANTS = ("float64", "latest tie", "forward-pass accuracy")
 def plp_variant(x: torch.Tensor, y: torch.Tensor, c: int, variant: str, seed: int = 0):
     """Notebook 04's probe written another correct way (see PLP_VARIANTS); returns the layer.
 
-    Trained by the package's one training loop (:func:`ood_utils.scores.train_linear_probe`)
-    with the variant's :class:`~ood_utils.scores.ProbeOptions`: float64 features and layer,
+    Trained by the package's one training loop (:func:`ood_utils.methods.train_linear_probe`)
+    with the variant's :class:`~ood_utils.methods.ProbeOptions`: float64 features and layer,
     the latest of tied best epochs, or the accuracy of each epoch's own forward pass.
     """
-    from ood_utils import scores
-    from ood_utils._threads import one_cpu_thread
+    from ood_utils import methods
+    from ood_utils.methods._threads import one_cpu_thread
 
     change = {"float64": {"dtype": torch.float64}, "latest tie": {"ties": "latest"},
               "forward-pass accuracy": {"select": "forward_acc"}}[variant]
-    options = scores.ProbeOptions(seed=seed, **change)
+    options = methods.ProbeOptions(seed=seed, **change)
     with one_cpu_thread():
-        return scores.train_linear_probe(x, y, options, num_classes=c).layer
+        return methods.train_linear_probe(x, y, options, num_classes=c).layer
 
 
 def tolerance(values: list[float]) -> tuple[float, float, float]:
@@ -81,8 +81,9 @@ def _msp_variants(profile, te, oo, done):
     """
     import torch.nn.functional as F
 
-    from ood_utils import metrics, models
-    from ood_utils.data import id_class_names
+    from ood_utils.methods import metrics
+    from ood_utils.course import models
+    from ood_utils.course.data import id_class_names
 
     todo = [k for k in ("variant float32", "variant float64", "variant numpy")
             if not done("msp", k)]
@@ -164,9 +165,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
 
-    from ood_utils import metrics, pipeline, scores
-    from ood_utils.features import load_features
-    from ood_utils.profiles import get_profile, results_dir
+    from ood_utils.methods import metrics
+    from ood_utils.course import pipeline
+    from ood_utils import methods
+    from ood_utils.course.features import load_features
+    from ood_utils.course.profiles import get_profile, results_dir
 
     profile = get_profile(args.profile)
     out = args.out or results_dir() / f"measured_{profile.name}.json"
@@ -188,25 +191,25 @@ def main(argv=None) -> int:
     tr, te, oo = feats["id_train_feats"], feats["id_test_feats"], feats["ood_test_feats"]
     ytr = feats["id_train_labels"]
     # notebooks 05/06 score the trunk features after removing their exactly constant
-    # direction (an orthonormal change of basis; see scores.drop_degenerate_directions)
-    rtr, rte, roo = scores.drop_degenerate_directions(tr, te, oo)
+    # direction (an orthonormal change of basis; see methods.drop_degenerate_directions)
+    rtr, rte, roo = methods.drop_degenerate_directions(tr, te, oo)
 
     if "knn" in args.only and not done("knn", "deterministic"):
-        save("knn", "deterministic", metrics.auroc(scores.knn_scores(tr, te), scores.knn_scores(tr, oo)))
+        save("knn", "deterministic", metrics.auroc(methods.knn_scores(tr, te), methods.knn_scores(tr, oo)))
     if "msp" in args.only:
         # deterministic given the features: the reference pipeline, plus the other correct
         # ways a student computes the same score (precision of each step, NumPy), whose spread
         # is float noise; the tolerance rule is applied to all of them together
         if not done("msp", "deterministic"):
             zs = pipeline.zero_shot_logits(profile, progress=False)
-            save("msp", "deterministic", metrics.auroc(scores.msp_scores(zs["id_test"]),
-                                                       scores.msp_scores(zs["ood_test"])))
+            save("msp", "deterministic", metrics.auroc(methods.msp_scores(zs["id_test"]),
+                                                       methods.msp_scores(zs["ood_test"])))
         for variant, value in _msp_variants(profile, te, oo, done):
             save("msp", variant, value)
     if "md" in args.only:
         for cid, rel in (("md", False), ("rmd", True)):
             if not done(cid, "deterministic"):
-                md = scores.Mahalanobis(relative=rel).fit(rtr, ytr)  # one fit, two test sets
+                md = methods.Mahalanobis(relative=rel).fit(rtr, ytr)  # one fit, two test sets
                 save(cid, "deterministic", metrics.auroc(md.score_samples(rte),
                                                          md.score_samples(roo)))
     if "plp" in args.only:
@@ -219,8 +222,8 @@ def main(argv=None) -> int:
             if not done("plp", key):
                 layer = plp_variant(tr, targets, profile.num_id_classes, variant, seed=0)
                 with torch.no_grad():
-                    s_in = scores.msp_scores(layer(te.to(layer.weight.dtype)))
-                    s_out = scores.msp_scores(layer(oo.to(layer.weight.dtype)))
+                    s_in = methods.msp_scores(layer(te.to(layer.weight.dtype)))
+                    s_out = methods.msp_scores(layer(oo.to(layer.weight.dtype)))
                 save("plp", key, metrics.auroc(s_in, s_out))
     if "kmeans" in args.only:
         # k-means: the course fixes random_state=0, n_init=1, algorithm="lloyd" (notebook 06);
@@ -235,20 +238,20 @@ def main(argv=None) -> int:
                 key = f"{np.dtype(dtype).name} input, {threads} threads"
                 if all(done(f"kmeans{k}_{kind}", key) for kind in ("md", "rmd")):
                     continue
-                ids = KMeans(n_clusters=k, **scores.KMEANS_SETTINGS).fit(
+                ids = KMeans(n_clusters=k, **methods.KMEANS_SETTINGS).fit(
                     rtr.numpy().astype(dtype)).labels_
                 for rel in (False, True):
-                    md = scores.Mahalanobis(relative=rel).fit(rtr, ids)
+                    md = methods.Mahalanobis(relative=rel).fit(rtr, ids)
                     save(f"kmeans{k}_{'rmd' if rel else 'md'}", key,
                          metrics.auroc(md.score_samples(rte), md.score_samples(roo)))
     for seed in args.seeds:
         key = f"seed {seed}"
         if "plp" in args.only and not done("plp_rmd", key):
             probe = pipeline.plp_probe(seed, profile, progress=False)
-            save("plp", key, metrics.auroc(scores.msp_scores(probe["id_test"]),
-                                           scores.msp_scores(probe["ood_test"])))
+            save("plp", key, metrics.auroc(methods.msp_scores(probe["id_test"]),
+                                           methods.msp_scores(probe["ood_test"])))
             for cid, rel in (("plp_md", False), ("plp_rmd", True)):
-                md = scores.Mahalanobis(relative=rel).fit(probe["id_train"],
+                md = methods.Mahalanobis(relative=rel).fit(probe["id_train"],
                                                           probe["pseudo_id_train"])
                 save(cid, key, metrics.auroc(md.score_samples(probe["id_test"]),
                                              md.score_samples(probe["ood_test"])))

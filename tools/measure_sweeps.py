@@ -1,6 +1,6 @@
 """Measure the sweeps of notebooks 02 (k of kNN) and 03 (prompt template x temperature of MSP).
 
-These are the numbers of ``SWEEPS`` in ``ood_utils/expected.py``. Both sweeps are
+These are the numbers of ``SWEEPS`` in ``ood_utils/answer_key/expected.py``. Both sweeps are
 deterministic (no seed enters), so what varies is only how a correct student writes them.
 The script runs the reference (the code the checks compare with) and other correct variants
 and prints, per grid point, every variant's AUROC, their spread and the tolerance of the rule
@@ -34,7 +34,8 @@ TEMPERATURES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 def knn_variants(feats):
     from sklearn.neighbors import NearestNeighbors
 
-    from ood_utils import metrics, scores
+    from ood_utils.methods import metrics
+    from ood_utils import methods
 
     train = feats["id_train_feats"]
     tests = (feats["id_test_feats"], feats["ood_test_feats"])
@@ -52,8 +53,8 @@ def knn_variants(feats):
     for label, dtype in (("topk float32", torch.float32), ("topk float64", torch.float64)):
         a, b = tops(dtype)
         out[label] = {k: metrics.auroc(a[:, k - 1], b[:, k - 1]) for k in KS}
-    out["knn_scores per k"] = {k: metrics.auroc(scores.knn_scores(train, tests[0], k=k),
-                                                scores.knn_scores(train, tests[1], k=k))
+    out["knn_scores per k"] = {k: metrics.auroc(methods.knn_scores(train, tests[0], k=k),
+                                                methods.knn_scores(train, tests[1], k=k))
                                for k in KS}
     nn = NearestNeighbors(n_neighbors=max(KS), metric="cosine", algorithm="brute")
     nn.fit(train.numpy())
@@ -63,9 +64,10 @@ def knn_variants(feats):
 
 
 def msp_variants(feats):
-    from ood_utils import metrics, models, pipeline
-    from ood_utils.data import id_class_names
-    from ood_utils.scores import msp_scores
+    from ood_utils.methods import metrics
+    from ood_utils.course import models, pipeline
+    from ood_utils.course.data import id_class_names
+    from ood_utils.methods import msp_scores
 
     model, _, tokenizer = models.load_clip("miniclip")
     names = id_class_names("miniclip")
@@ -111,7 +113,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=["knn", "msp"])
     args = parser.parse_args()
-    from ood_utils.features import load_features
+    from ood_utils.course.features import load_features
 
     feats = load_features("miniclip", progress=False)
     if "knn" in args.only:

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix
 
-from ood_utils import cac, cac_experiment, checks
+from ood_utils.methods import cac
+from ood_utils.course import cac_experiment
+from ood_utils.answer_key import checks
 
 # ============================================================================ anchors
 
@@ -492,7 +494,7 @@ TRAIN_MISTAKES = [(train_no_zero_grad, "zero_grad"), (train_no_train_mode, r"mod
 
 
 def sweep_metrics(scores_val, scores_known, scores_unknown, tprs):
-    from ood_utils import metrics
+    from ood_utils.methods import metrics
     acc, rej = [], []
     for tpr in tprs:
         t = metrics.threshold_at_tpr(scores_val, tpr=tpr)
@@ -510,7 +512,7 @@ def sweep_numpy_sort(scores_val, scores_known, scores_unknown, tprs):
 
 
 def sweep_torch_float32(scores_val, scores_known, scores_unknown, tprs):
-    from ood_utils import metrics
+    from ood_utils.methods import metrics
     out = torch.zeros(2, len(tprs))
     for i, tpr in enumerate(tprs):
         t = metrics.threshold_at_tpr(scores_val, tpr=tpr)
@@ -537,7 +539,7 @@ def sweep_on_test(sv, sk, su, tprs):
 
 
 def sweep_strict(sv, sk, su, tprs):
-    from ood_utils import metrics
+    from ood_utils.methods import metrics
     acc, rej = [], []
     for tpr in tprs:
         t = metrics.threshold_at_tpr(sv, tpr=tpr)

@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ood_utils import checks, metrics, models
-from ood_utils.data import feature_dataset, id_class_names
-from ood_utils.features import load_features
+from ood_utils.answer_key import checks
+from ood_utils.methods import metrics
+from ood_utils.course import models
+from ood_utils.course.data import feature_dataset, id_class_names
+from ood_utils.course.features import load_features
 
 PROFILE = "miniclip"
 
@@ -181,7 +183,7 @@ def test_clip_loss_mistakes_are_named(fn, phrase):
 def test_training_runs_on_the_students_loss():
     """The short run of notebook 00 trains on the loss it is given: a correct variant follows
     the plain CLIP loss step for step, a wrong one gives other losses."""
-    from ood_utils.train_clip import train_miniclip
+    from ood_utils.course.train_clip import train_miniclip
 
     kw = dict(epochs=1, limit=512, eval_limit=100, out=None, progress=False, seed=1)
     ref = train_miniclip(loss_fn=loss_cross_entropy, **kw)["loss_per_step"]
@@ -957,7 +959,7 @@ SWEEP_MISTAKES = [
 
 @pytest.fixture(scope="module")
 def graded_sweep_grid():
-    from ood_utils.expected import get_sweep_expected
+    from ood_utils.answer_key.expected import get_sweep_expected
 
     grid = list(get_sweep_expected("msp_sweep", PROFILE))
     templates = tuple(dict.fromkeys(t for t, _ in grid))
@@ -1021,7 +1023,7 @@ def test_graded_sweep_needs_every_grid_point_and_ignores_extra_ones(msp_inputs,
 def test_recorded_msp_sweep_is_the_reference_sweep(graded_sweep_grid):
     """The recorded miniclip grid equals the reference computed from the cached logits (the
     path a profile without a recorded sweep takes)."""
-    from ood_utils.expected import get_sweep_expected
+    from ood_utils.answer_key.expected import get_sweep_expected
 
     recorded = get_sweep_expected("msp_sweep", PROFILE)
     live = checks._msp_sweep_reference(PROFILE, list(recorded))

@@ -13,8 +13,10 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from ood_utils import checks, metrics, scores
-from ood_utils.features import load_features
+from ood_utils.answer_key import checks
+from ood_utils.methods import metrics
+from ood_utils import methods
+from ood_utils.course.features import load_features
 
 from . import _maha_variants as V
 
@@ -35,7 +37,7 @@ def ids_fit_predict(train_feats, n_clusters, seed=0):
 
 
 def ids_settings_dict(train_feats, n_clusters, seed=0):
-    settings = dict(scores.KMEANS_SETTINGS, random_state=seed)
+    settings = dict(methods.KMEANS_SETTINGS, random_state=seed)
     labels = KMeans(n_clusters=n_clusters, **settings).fit(train_feats.numpy()).labels_
     return torch.from_numpy(labels.astype(np.int64))
 
@@ -149,7 +151,7 @@ def test_planted_mistake_fails_with_a_message_naming_it(fn, phrase):
 @pytest.fixture(scope="module")
 def real():
     feats = load_features("miniclip", progress=False)
-    tr, te, oo = scores.drop_degenerate_directions(
+    tr, te, oo = methods.drop_degenerate_directions(
         feats["id_train_feats"], feats["id_test_feats"], feats["ood_test_feats"])
     ids = {k: ids_torch(tr, k) for k in (10, 50, 100)}
     return tr, torch.cat([te, oo]), len(te), ids
@@ -180,7 +182,7 @@ def test_float64_kmeans_input_reaches_the_targets(real):
     tr, both, n_in, _ = real
     ids = ids_float64_input(tr, 10)
     for relative in (False, True):
-        s = scores.mahalanobis_scores(tr, ids, both, relative=relative)
+        s = methods.mahalanobis_scores(tr, ids, both, relative=relative)
         checks.check_auroc(f"kmeans10_{'rmd' if relative else 'md'}",
                            metrics.auroc(s[:n_in], s[n_in:]), profile="miniclip")
 

@@ -2,8 +2,8 @@
 
 Each variant is a function with the exercise's signature
 ``knn_scores_exercise(train_feats, test_feats, k=1, chunk_size=2048)``. A correct variant must
-pass :func:`ood_utils.checks.check_knn` and reach the expected ``knn`` AUROC on the real
-``miniclip`` features (:func:`ood_utils.checks.check_auroc`). A planted mistake must fail the
+pass :func:`ood_utils.answer_key.checks.check_knn` and reach the expected ``knn`` AUROC on the real
+``miniclip`` features (:func:`ood_utils.answer_key.checks.check_auroc`). A planted mistake must fail the
 self-check with a message naming it, or fail the AUROC check.
 """
 from __future__ import annotations
@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import NearestNeighbors
 
-from ood_utils import checks, metrics
-from ood_utils.features import load_features
+from ood_utils.answer_key import checks
+from ood_utils.methods import metrics
+from ood_utils.course.features import load_features
 
 
 # --------------------------------------------------------------------------- correct variants
@@ -261,7 +262,7 @@ SWEEP_MISTAKES = {
 
 @pytest.fixture(scope="module")
 def graded_ks():
-    from ood_utils.expected import get_sweep_expected
+    from ood_utils.answer_key.expected import get_sweep_expected
 
     return tuple(get_sweep_expected("knn_sweep", "miniclip"))
 
@@ -308,7 +309,7 @@ def test_graded_sweep_names_missing_k_and_ignores_extra_k(feats, graded_ks):
 def test_recorded_knn_sweep_is_the_reference_sweep(graded_ks):
     """The recorded miniclip grid equals the reference computed from the cached features (the
     path a profile without a recorded sweep takes); k = 1 is the graded kNN entry."""
-    from ood_utils.expected import get_expected, get_sweep_expected
+    from ood_utils.answer_key.expected import get_expected, get_sweep_expected
 
     recorded = get_sweep_expected("knn_sweep", "miniclip")
     live = checks._knn_sweep_reference("miniclip", graded_ks)

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from ood_utils import checks, metrics, pipeline, scores
-from ood_utils.features import load_features
+from ood_utils.answer_key import checks
+from ood_utils.methods import metrics
+from ood_utils.course import pipeline
+from ood_utils import methods
+from ood_utils.course.features import load_features
 
 from . import _maha_variants as V
 
@@ -22,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def real():
     feats = load_features("miniclip", progress=False)
-    tr, te, oo = scores.drop_degenerate_directions(
+    tr, te, oo = methods.drop_degenerate_directions(
         feats["id_train_feats"], feats["id_test_feats"], feats["ood_test_feats"])
     probe = pipeline.plp_probe(seed=0, profile="miniclip", progress=False)
     return {
@@ -78,7 +81,7 @@ def test_correct_variant_passes_both_checks(fn, real, capsys):
 def test_correct_variants_agree_on_the_real_features(real):
     """The point of the rotation: the inverses agree to far below the tolerance."""
     tr, y, te, _ = real["md"]
-    ref = scores.mahalanobis_scores(tr, y, te[:500], relative=True)
+    ref = methods.mahalanobis_scores(tr, y, te[:500], relative=True)
     for fn in (V.maha_np_inv_loop, V.maha_np_pinv, V.maha_torch_solve):
         got = torch.as_tensor(fn(tr, y, te[:500], relative=True)).double().numpy()
         np.testing.assert_allclose(got, ref.numpy(), rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
@@ -96,8 +99,8 @@ def test_without_the_rotation_the_inverses_disagree():
         s = torch.as_tensor(fn(tr, y, both, relative=True)).double().numpy()
         return metrics.auroc(s[:len(te)], s[len(te):])
 
-    ref = metrics.auroc(scores.mahalanobis_scores(tr, y, te, relative=True),
-                        scores.mahalanobis_scores(tr, y, oo, relative=True))
+    ref = metrics.auroc(methods.mahalanobis_scores(tr, y, te, relative=True),
+                        methods.mahalanobis_scores(tr, y, oo, relative=True))
     assert abs(auroc(V.maha_np_pinv) - ref) > 0.2
 
 
@@ -193,7 +196,7 @@ def test_correct_shrinkage_sweeps_pass_both_checks(fn, real, capsys):
     checks.check_shrinkage_sweep(fn)
     assert "public checks passed" in capsys.readouterr().out
     tr, y, te, oo = real["md"]
-    from ood_utils.sweeps import SHRINKAGES
+    from ood_utils.course.sweeps import SHRINKAGES
     checks.check_sweep("md_shrinkage", fn(tr, y, te, oo, SHRINKAGES), profile="miniclip")
 
 

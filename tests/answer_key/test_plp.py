@@ -1,7 +1,7 @@
 """Answer key of notebook 04 (PLP): pseudo-labels, the probe's training and its MSP.
 
-Every correct variant passes its self-check (:func:`ood_utils.checks.check_pseudo_labels`,
-:func:`~ood_utils.checks.check_train_probe`, :func:`~ood_utils.checks.check_probe_msp`) and,
+Every correct variant passes its self-check (:func:`ood_utils.answer_key.checks.check_pseudo_labels`,
+:func:`~ood_utils.answer_key.checks.check_train_probe`, :func:`~ood_utils.answer_key.checks.check_probe_msp`) and,
 put together as the notebook does (pseudo-labels -> training -> MSP on the real ``miniclip``
 features), reaches the expected ``plp`` AUROC. Every planted mistake fails a self-check with a
 message that names it, or the AUROC check.
@@ -17,10 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ood_utils import checks, metrics, pipeline, scores
-from ood_utils.features import load_features
+from ood_utils.answer_key import checks
+from ood_utils.methods import metrics
+from ood_utils.course import pipeline
+from ood_utils import methods
+from ood_utils.course.features import load_features
 
-EPOCHS, LR, SEED = scores.PROBE_EPOCHS, scores.PROBE_LR, 0
+EPOCHS, LR, SEED = methods.PROBE_EPOCHS, methods.PROBE_LR, 0
 
 
 # --------------------------------------------------------------------------- pseudo-labels
@@ -451,7 +454,7 @@ def sweep_fraction(layer, id_feats, ood_feats, temperatures):
 @pytest.mark.parametrize("fn", [sweep_reference_shape, sweep_scipy, sweep_msp_of_scaled_layer],
                          ids=lambda f: f.__name__)
 def test_correct_temperature_sweeps_pass_both_checks(fn, data, capsys):
-    from ood_utils.sweeps import PROBE_TEMPERATURES
+    from ood_utils.course.sweeps import PROBE_TEMPERATURES
 
     checks.check_temperature_sweep(fn)
     assert "public checks passed" in capsys.readouterr().out

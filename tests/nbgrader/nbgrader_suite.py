@@ -35,10 +35,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ood_utils.cells import is_graded_part, nbgrader_meta
-from ood_utils.grading import grade_submissions, graded_parts
-from ood_utils.profiles import features_dir
-from ood_utils.release import release_files
+from ood_utils.course.cells import is_graded_part, nbgrader_meta
+from ood_utils.grader.grading import grade_submissions, graded_parts
+from ood_utils.course.profiles import features_dir
+from ood_utils.grader.release import release_files
 from stderr_suite import CELL_TIMEOUT  # one cell time limit for both suites
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ood_utils.cells import is_graded_part, nbgrader_meta
-from ood_utils.execute import execute_notebook
+from ood_utils.course.cells import is_graded_part, nbgrader_meta
+from ood_utils.grader.execute import execute_notebook
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 # nbgrader's default is 30 s per cell; the course's slowest graded-path cells take 17-24 s on
