@@ -9,7 +9,7 @@ module is the plumbing around it, sized for a laptop CPU:
   (seed 004).
 * :func:`train_baseline`: trains a :class:`SmallCNN` with cross-entropy and caches it with
   its logits on every split (:func:`ood_utils.features.cached`).
-* :func:`train_open_set`: the CAC network (the same CNN plus the CAC layer) trained end to end
+* :func:`train_open_set`: the CAC network (the same CNN, its logits the anchor space) trained end to end
   with the CAC loss, on the same images, for as many epochs, seeded, on one CPU thread
   (reproducible bit for bit); the notebook passes its own training loop, loss, anchors and
   distance layer. :func:`train_cac_whole` is the reference of that loop.
@@ -503,7 +503,8 @@ def train_open_set(data: CACData, *, seed: int = 0, profile: str | Profile | Non
                    train_fn: Callable | None = None, loss_fn: Callable | None = None,
                    anchors: torch.Tensor | None = None, distance_fn: Callable | None = None,
                    baseline: dict | None = None, lambda_: float | None = None,
-                   device: str | torch.device = "cpu") -> tuple[CACModel, list[float]]:
+                   build_fn: Callable | None = None,
+                   device: str | torch.device = "cpu") -> tuple[nn.Module, list[float]]:
     """Notebook 07's CAC network, trained end to end: ``(model, per-epoch losses)``.
 
     ``torch.manual_seed(seed)``; a :func:`new_cnn` (from the baseline's weights ``baseline``
@@ -515,21 +516,38 @@ def train_open_set(data: CACData, *, seed: int = 0, profile: str | Profile | Non
     own loop (which calls its own loss). ``lambda_`` overrides the profile's. ``device``
     decides where the training runs (a GPU for the ``clip`` profile's full MNIST; results may
     differ slightly from the CPU's); the model is returned on the CPU, in evaluation mode.
+
+    The network is, as in the paper, the CNN whose ``N`` logits are the anchor space (no extra
+    ``N x N`` layer). ``build_fn(num_classes, channels=..., dropout=..., alpha=...)`` (a
+    notebook's own network class, see :func:`ood_utils.checks.check_cac_network`) replaces
+    :class:`ood_utils.cac.CACModel` around :func:`new_cnn`; it is called right after
+    ``torch.manual_seed(seed)`` and must create its parameters in :class:`SmallCNN`'s order, so
+    that it starts from the baseline's random initialisation (or is loaded with the baseline's
+    weights parameter by parameter).
     """
     p = get_profile(profile)
     cfg = training_settings(p)
     lam = cfg["lambda_"] if lambda_ is None else float(lambda_)
     x, y = training_subset(data, p)
+    if cfg["init_from_baseline"] and baseline is None:
+        raise ValueError(f"profile {p.name} starts CAC from the baseline's weights: pass "
+                         "baseline=train_baseline(...)")
     torch.manual_seed(seed)
-    cnn = new_cnn(data.num_classes, p)
-    if cfg["init_from_baseline"]:
-        if baseline is None:
-            raise ValueError(f"profile {p.name} starts CAC from the baseline's weights: pass "
-                             "baseline=train_baseline(...)")
-        cnn.load_state_dict(baseline["state"])
-    model = CACModel(cnn, data.num_classes, alpha=cfg["alpha"], anchors=anchors,
-                     distance_fn=distance_fn)
-    model = model.to(device)
+    if build_fn is not None:
+        model = build_fn(data.num_classes, channels=cfg["channels"], dropout=cfg["dropout"],
+                         alpha=cfg["alpha"])
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"build_fn returned a {type(model).__name__}, not a torch module")
+        if cfg["init_from_baseline"]:
+            load_cnn_weights(model, baseline["state"])
+    else:
+        cnn = new_cnn(data.num_classes, p)
+        if cfg["init_from_baseline"]:
+            cnn.load_state_dict(baseline["state"])
+        model = CACModel(cnn, data.num_classes, alpha=cfg["alpha"], anchors=anchors,
+                         distance_fn=distance_fn, extra_layer=False)
+    # channels-last convolution weights (as SmallCNN's) are about 1.5x faster on CPUs
+    model = model.to(device).to(memory_format=torch.channels_last)
     loader = TensorBatches(x.to(device), y.to(device), batch_size=cfg["batch_size"])
     if train_fn is None:
         train_fn = lambda m, ld, e, lr, lm: train_cac_whole(m, ld, e, lr, lm, loss_fn)  # noqa: E731
@@ -540,6 +558,23 @@ def train_open_set(data: CACData, *, seed: int = 0, profile: str | Profile | Non
         raise ValueError("the training function returned None: return the list of the mean "
                          "loss of every epoch")
     return model, [float(v) for v in history]
+
+
+def load_cnn_weights(model: nn.Module, state: dict) -> None:
+    """Copy a :class:`SmallCNN` ``state`` into ``model``'s trainable parameters, in order.
+
+    For a network written in a notebook, whose parameter names differ from :class:`SmallCNN`'s
+    but whose parameters (checked: same number, same shapes) come in the same order.
+    """
+    params = [q for q in model.parameters() if q.requires_grad]
+    values = list(state.values())
+    if len(params) != len(values) or any(q.shape != v.shape for q, v in zip(params, values)):
+        raise ValueError("the network's trainable parameters do not match the baseline CNN's "
+                         f"({[tuple(q.shape) for q in params]} vs "
+                         f"{[tuple(v.shape) for v in values]}); build the same CNN")
+    with torch.no_grad():
+        for q, v in zip(params, values):
+            q.copy_(v)
 
 
 def open_set_distances(model: nn.Module, data: CACData) -> dict[str, torch.Tensor]:
@@ -567,3 +602,44 @@ def threshold_sweep(dist_val: Any, dist_test: Any, dist_unknown: Any,
         accepted.append(k)
         rejected.append(u)
     return {"known_accepted": np.array(accepted), "unknown_rejected": np.array(rejected)}
+
+
+class CACNetwork(nn.Module):
+    """Reference of notebook 07's network exercise: :class:`SmallCNN`'s layers, logits = anchor space.
+
+    The same three convolutions and two dense layers as :class:`SmallCNN`, created in the same
+    order (so that, after the same ``torch.manual_seed``, it starts from the baseline's
+    initialisation), with the anchors ``alpha * I`` as a buffer. As in Miller et al., the
+    ``N`` logits themselves are the point ``z`` of the anchor space (the CAC project notebook
+    of seed 004 adds an ``N x N`` layer; :class:`ood_utils.cac.CACModel` with
+    ``extra_layer=True``). ``embed(x)``: the logits ``(B, N)``; ``forward(x)``: the distances
+    ``(B, N)`` to the anchors. ``anchors_fn``/``distance_fn`` default to
+    :func:`ood_utils.cac.class_anchors`/:func:`ood_utils.cac.anchor_distances`.
+    """
+
+    def __init__(self, num_classes: int, channels: tuple[int, int, int] = (32, 32, 64),
+                 dropout: float = 0.5, alpha: float = DEFAULT_ALPHA, *,
+                 anchors_fn: Callable | None = None, distance_fn: Callable | None = None):
+        super().__init__()
+        from .cac import anchor_distances, class_anchors
+
+        c1, c2, c3 = (int(c) for c in channels)
+        self.conv1 = nn.Conv2d(1, c1, kernel_size=5)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5)
+        self.conv3 = nn.Conv2d(c2, c3, kernel_size=5)
+        self.hidden = nn.Linear(c3 * 3 * 3, 256)
+        self.logits = nn.Linear(256, num_classes)
+        self.dropout = nn.Dropout(dropout)
+        anchors = (anchors_fn or class_anchors)(num_classes, alpha=alpha)
+        self.register_buffer("anchors", torch.as_tensor(anchors).float())
+        self.distance_fn = distance_fn or anchor_distances
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(F.relu(self.conv1(x)))
+        x = self.dropout(F.relu(F.avg_pool2d(self.conv2(x), 2)))
+        x = self.dropout(F.relu(F.avg_pool2d(self.conv3(x), 2)))
+        x = self.dropout(F.relu(self.hidden(x.flatten(1))))
+        return self.logits(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.distance_fn(self.embed(x), self.anchors)

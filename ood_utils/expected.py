@@ -475,6 +475,27 @@ def cac_comparison(profile=None) -> str:
         if near in keys and far in keys:
             diffs = [v[far] - v[near] for v in seeds.values()]
             wins = sum(d > 0 for d in diffs)
-            lines.append(f"CAC - MSP on the {what}: mean {sum(diffs) / len(diffs):+.2f} points, "
+            mean = sum(diffs) / len(diffs)
+            std = (sum((d - mean) ** 2 for d in diffs) / len(diffs)) ** 0.5
+            lines.append(f"CAC - MSP on the {what}: mean {mean:+.2f} points (std {std:.2f}), "
                          f"CAC higher in {wins} of {len(diffs)} seeds")
+            lines.append("  -> " + comparison_verdict(diffs))
     return "\n".join(lines)
+
+
+def comparison_verdict(diffs) -> str:
+    """Which effect the per-seed differences ``CAC - MSP`` (AUROC points) show, in words.
+
+    Clear when one method is ahead in every seed and the mean difference exceeds twice the
+    standard deviation (ddof 0) of the differences; otherwise no clear difference.
+    """
+    diffs = [float(d) for d in diffs]
+    if not diffs:
+        raise ValueError("no seeds to compare")
+    mean = sum(diffs) / len(diffs)
+    std = (sum((d - mean) ** 2 for d in diffs) / len(diffs)) ** 0.5
+    if all(d > 0 for d in diffs) and mean > 2 * std:
+        return "CAC above MSP in every seed, by more than twice the spread of the gap"
+    if all(d < 0 for d in diffs) and -mean > 2 * std:
+        return "MSP above CAC in every seed, by more than twice the spread of the gap"
+    return "no clear difference: the gap changes sign or is within its seed-to-seed spread"

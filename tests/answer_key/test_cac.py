@@ -1,10 +1,10 @@
 """Answer key of notebook 07 (CAC): correct variants pass, planted mistakes are caught.
 
-For each of the five exercises (anchors, distance layer, CAC loss, open-set prediction, N+1
-confusion matrix) a list of CORRECT implementations a student may write (torch and NumPy,
+For each exercise (anchors, distance layer, the network, CAC loss, training loop, open-set
+prediction, threshold sweep, N+1 confusion matrix) a list of CORRECT implementations a student may write (torch and NumPy,
 loops and vectorised, the seed project's own shapes of code, scikit-learn) and a list of
-PLANTED MISTAKES, each with the words the self-check's message must contain. The seven exercises now include the training loop (``check_cac_training``) and the threshold
-sweep (``check_threshold_sweep``, and the graded ``check_threshold_sweep_results``). Every
+PLANTED MISTAKES, each with the words the self-check's message must contain (the threshold
+sweep also through the graded ``check_threshold_sweep_results``). Every
 correct variant passes its self-check; combinations of them, trained end to end through the
 notebook's pipeline on the real miniclip data (cached baseline), pass the graded check
 ``check_cac_results``. Every mistake fails its self-check with a message that points at it.
@@ -458,9 +458,8 @@ def train_sgd(model, loader, epochs, lr, lambda_):
     return _loop(model, loader, epochs, lr, lambda_, opt_cls=torch.optim.SGD)
 
 
-def train_only_new_layer(model, loader, epochs, lr, lambda_):
-    return _loop(model, loader, epochs, lr, lambda_,
-                 params=lambda m: m.to_anchor_space.parameters())
+def train_only_output_layer(model, loader, epochs, lr, lambda_):
+    return _loop(model, loader, epochs, lr, lambda_, params=lambda m: m.cnn[-1].parameters())
 
 
 def train_no_step(model, loader, epochs, lr, lambda_):
@@ -484,7 +483,7 @@ TRAIN_MISTAKES = [(train_no_zero_grad, "zero_grad"), (train_no_train_mode, r"mod
                   (train_optimizer_per_epoch, "anew in every epoch"),
                   (train_hard_coded_lr, "learning rate is hard-coded"),
                   (train_hard_coded_lambda, "lambda_ is hard-coded"), (train_sgd, "SGD"),
-                  (train_only_new_layer, "only the new N x N layer"),
+                  (train_only_output_layer, "only the output layer"),
                   (train_no_step, "step"), (train_cross_entropy, "cross-entropy"),
                   (train_last_batch_loss, "LAST batch"), (train_returns_none, "returned None")]
 
@@ -579,6 +578,172 @@ ANCHORS_MISTAKES.append((anchors_hard_coded_alpha, "alpha is hard-coded"))
 LOSS_MISTAKES += [(loss_hard_coded_lambda, "lambda_ is hard-coded"),
                   (loss_squared_anchor_term, "d_y squared")]
 
+# ============================================================================ the network
+
+from torch import nn  # noqa: E402
+
+
+class NetModules(cac_experiment.CACNetwork):
+    """The notebook's solution (the answer key's reference class)."""
+
+
+class NetSequential(nn.Module):
+    # SmallCNN's layout: two nn.Sequential blocks with nn.Dropout modules; numpy anchors
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0, *,
+                 anchors_fn=None, distance_fn=None):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 5), nn.ReLU(), nn.Dropout(dropout),
+            nn.Conv2d(c1, c2, 5), nn.AvgPool2d(2), nn.ReLU(), nn.Dropout(dropout),
+            nn.Conv2d(c2, c3, 5), nn.AvgPool2d(2), nn.ReLU(), nn.Dropout(dropout), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(c3 * 9, 256), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(256, num_classes))
+        anchors = (anchors_fn or anchors_numpy)(num_classes, alpha=alpha)
+        self.register_buffer("anchors", torch.as_tensor(np.asarray(anchors)).float())
+        self.distance_fn = distance_fn or dist_broadcast
+
+    def embed(self, x):
+        return self.head(self.features(x))
+
+    def forward(self, x):
+        return self.distance_fn(self.embed(x), self.anchors)
+
+
+class NetSeedStyle(nn.Module):
+    # the seed project's CNN class: F.dropout(training=self.training), view(-1, ...), frozen
+    # nn.Parameter anchors in float64
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.c3, self.p = c3, dropout
+        self.conv1 = nn.Conv2d(1, c1, kernel_size=5)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5)
+        self.conv3 = nn.Conv2d(c2, c3, kernel_size=5)
+        self.fc1 = nn.Linear(3 * 3 * c3, 256)
+        self.fc2 = nn.Linear(256, num_classes)
+        self.anchors = nn.Parameter(anchors_seed_style(num_classes, alpha), requires_grad=False)
+
+    def embed(self, x):
+        x = F.dropout(F.relu(self.conv1(x)), p=self.p, training=self.training)
+        x = F.dropout(F.relu(F.avg_pool2d(self.conv2(x), 2)), p=self.p, training=self.training)
+        x = F.dropout(F.relu(F.avg_pool2d(self.conv3(x), 2)), p=self.p, training=self.training)
+        x = F.relu(self.fc1(x.view(-1, 3 * 3 * self.c3)))
+        return self.fc2(F.dropout(x, p=self.p, training=self.training))
+
+    def forward(self, x):
+        return dist_seed_style(self.embed(x), self.anchors)
+
+
+NETWORK_CORRECT = [NetModules, NetSequential, NetSeedStyle]
+
+
+def _embed_with(pool, relu_first=False, first_dropout=True, eval_dropout=False):
+    def embed(self, x):
+        def block(x, conv, pooled):
+            x = conv(x)
+            if pooled and not relu_first:
+                x = pool(x, 2)
+            x = F.relu(x)
+            if pooled and relu_first:
+                x = pool(x, 2)
+            return x
+        x = block(x, self.conv1, False)
+        if first_dropout:
+            x = F.dropout(x, self.dropout.p, training=True) if eval_dropout else self.dropout(x)
+        x = self.dropout(block(x, self.conv2, True))
+        x = self.dropout(block(x, self.conv3, True))
+        x = self.dropout(F.relu(self.hidden(x.flatten(1))))
+        return self.logits(x)
+    return embed
+
+
+class NetMaxPool(NetModules):
+    embed = _embed_with(F.max_pool2d)
+
+
+class NetReluBeforePool(NetModules):
+    embed = _embed_with(F.avg_pool2d, relu_first=True)
+
+
+class NetMissingDropout(NetModules):
+    embed = _embed_with(F.avg_pool2d, first_dropout=False)
+
+
+class NetDropoutInEval(NetModules):
+    embed = _embed_with(F.avg_pool2d, eval_dropout=True)
+
+
+class NetExtraLayer(NetModules):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__(num_classes, channels, dropout, alpha)
+        self.to_anchor_space = nn.Linear(num_classes, num_classes)
+
+    def embed(self, x):
+        return self.to_anchor_space(super().embed(x))
+
+
+class NetNoHidden(nn.Module):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.conv1 = nn.Conv2d(1, c1, 5)
+        self.conv2 = nn.Conv2d(c1, c2, 5)
+        self.conv3 = nn.Conv2d(c2, c3, 5)
+        self.out = nn.Linear(c3 * 9, num_classes)
+        self.register_buffer("anchors", cac.class_anchors(num_classes, alpha=alpha))
+
+    def embed(self, x):
+        x = F.relu(F.avg_pool2d(self.conv3(F.relu(F.avg_pool2d(self.conv2(F.relu(
+            self.conv1(x))), 2))), 2))
+        return self.out(x.flatten(1))
+
+    def forward(self, x):
+        return cac.anchor_distances(self.embed(x), self.anchors)
+
+
+class NetTrainableAnchors(NetModules):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__(num_classes, channels, dropout, alpha)
+        anchors = self.anchors
+        del self.anchors
+        self.anchors = nn.Parameter(anchors.clone())
+
+
+class NetPlainAttribute(NetModules):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__(num_classes, channels, dropout, alpha)
+        anchors = self.anchors
+        del self.anchors
+        self.anchors = anchors.clone()
+
+
+class NetHardCodedAlpha(NetModules):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__(num_classes, channels, dropout, 10.0)
+
+
+class NetReturnsLogits(NetModules):
+    def forward(self, x):
+        return self.embed(x)
+
+
+class NetOtherOrder(NetModules):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__(num_classes, channels, dropout, alpha)
+        c1, c2, c3 = channels
+        # the output layer created first: same shapes, another random start
+        self.logits = nn.Linear(256, num_classes)
+        self.hidden = nn.Linear(c3 * 9, 256)
+
+
+NETWORK_MISTAKES = [(NetMaxPool, "max pooling"), (NetReluBeforePool, "ReLU before the pooling"),
+                    (NetMissingDropout, "dropout"), (NetDropoutInEval, "dropout is still on"),
+                    (NetExtraLayer, "extra N x N"), (NetNoHidden, "hidden layer is missing"),
+                    (NetTrainableAnchors, "trainable parameter"),
+                    (NetPlainAttribute, "plain attribute"), (NetHardCodedAlpha, "alpha is hard-coded"),
+                    (NetReturnsLogits, "returns the logits"), (NetOtherOrder, "initial weights")]
+
 # ============================================================================ self-checks
 
 SELF_CHECKS = [
@@ -587,6 +752,7 @@ SELF_CHECKS = [
     (checks.check_cac_loss, LOSS_CORRECT, LOSS_MISTAKES),
     (checks.check_open_set_predict, PREDICT_CORRECT, PREDICT_MISTAKES),
     (checks.check_open_set_confusion, CONFUSION_CORRECT, CONFUSION_MISTAKES),
+    (checks.check_cac_network, NETWORK_CORRECT, NETWORK_MISTAKES),
     (checks.check_cac_training, TRAIN_CORRECT, TRAIN_MISTAKES),
     (checks.check_threshold_sweep, SWEEP_CORRECT, SWEEP_MISTAKES),
 ]
@@ -612,10 +778,16 @@ def test_every_planted_mistake_fails_with_a_pointing_message(check, fn, words):
 # Each run trains the notebook's CAC network end to end (seed 0, as the notebook) with one
 # combination of correct variants; "reference" is the answer key's own code. A run takes
 # about half a minute of CPU (one thread).
+def _sequential_cdist(n, **kw):
+    return NetSequential(n, **kw, anchors_fn=anchors_numpy, distance_fn=dist_cdist)
+
+
 RUNS = {
-    "reference": (cac.class_anchors, cac.anchor_distances, cac.cac_loss, None),
-    "numpy-cdist-mask-zero-grad-after-step": (anchors_numpy, dist_cdist, loss_one_hot_mask,
-                                              train_zero_grad_after_step),
+    "reference": (cac.class_anchors, cac.anchor_distances, cac.cac_loss, None,
+                  cac_experiment.CACNetwork),
+    "sequential-numpy-cdist-mask-zero-grad-after-step": (
+        anchors_numpy, dist_cdist, loss_one_hot_mask, train_zero_grad_after_step,
+        _sequential_cdist),
 }
 
 
@@ -627,11 +799,15 @@ def pipeline():
     return data, blob
 
 
-def _summary(pipeline, anchors_fn, dist_fn, loss_fn, train_fn):
+def _summary(pipeline, anchors_fn, dist_fn, loss_fn, train_fn, build_fn=None):
     data, blob = pipeline
+    if train_fn is None:  # the reference loop with the variant's loss
+        def train_fn(m, ld, e, lr, lm):
+            return cac_experiment.train_cac_whole(m, ld, e, lr, lm, loss_fn)
     model, _ = cac_experiment.train_open_set(
         data, seed=0, profile="miniclip", train_fn=train_fn, loss_fn=loss_fn,
-        anchors=anchors_fn(data.num_classes, alpha=10.0), distance_fn=dist_fn, baseline=blob)
+        anchors=torch.as_tensor(np.asarray(anchors_fn(data.num_classes, alpha=10.0))),
+        distance_fn=dist_fn, baseline=blob, build_fn=build_fn)
     dist = cac_experiment.open_set_distances(model, data)
     return cac.open_set_summary(dist["val"], dist["test"], data.test_y, dist["unknown"]), dist
 
