@@ -159,15 +159,17 @@ def _fit(model: nn.Module, loader: Iterable, *, epochs: int, lr: float, seed: in
 
 
 def train_classifier(cnn: nn.Module, loader: Iterable, *, epochs: int = 2, lr: float = 1e-3,
-                     seed: int = 0, progress: bool = True) -> list[float]:
+                     seed: int = 0, progress: bool = True, lr_decay: bool = False
+                     ) -> list[float]:
     """Train ``cnn`` with cross-entropy and Adam; returns the mean loss of every epoch.
 
     ``loader`` yields ``(images (B, C, 28, 28), labels (B,))`` batches, e.g.
     :class:`TensorBatches`. ``seed`` fixes shuffling and dropout (CPU, same thread count:
-    bit-for-bit reproducible). The model is left in eval mode.
+    bit-for-bit reproducible). ``lr_decay`` lowers the learning rate linearly to 0 over the
+    run (after batch ``k`` of ``K`` it is ``lr * (1 - k / K)``). The model is left in eval mode.
     """
     return _fit(cnn, loader, epochs=epochs, lr=lr, seed=seed, loss_fn=F.cross_entropy,
-                desc="cross-entropy", progress=progress)
+                desc="cross-entropy", progress=progress, lr_decay=lr_decay)
 
 
 def train_cac(model: CACModel, loader: Iterable, *, epochs: int = 2, lr: float = 1e-3,
@@ -380,6 +382,9 @@ def balanced_subset(labels: torch.Tensor, per_class: int, *, seed: int = 0) -> t
 #: ``profile.cac_*``): Adam, learning rate 1e-3, batches of 128, as the CAC project notebook.
 BASELINE_LR = 1e-3
 BASELINE_BATCH_SIZE = 128
+#: Both trainings lower the learning rate linearly from ``BASELINE_LR`` to 0 over the run, one
+#: step per batch (the project notebook keeps it constant; measured in tools/measure_cac.py).
+LR_DECAY = True
 
 
 def training_settings(profile: str | Profile | None = None) -> dict[str, Any]:
@@ -396,7 +401,7 @@ def training_settings(profile: str | Profile | None = None) -> dict[str, Any]:
             "lr": BASELINE_LR, "batch_size": BASELINE_BATCH_SIZE,
             "channels": tuple(p.cac_cnn_channels), "dropout": p.cac_dropout,
             "lambda_": DEFAULT_LAMBDA, "alpha": DEFAULT_ALPHA,
-            "init_from_baseline": p.cac_init_from_baseline}
+            "init_from_baseline": p.cac_init_from_baseline, "lr_decay": LR_DECAY}
 
 
 def training_subset(data: CACData, profile: str | Profile | None = None
@@ -440,14 +445,15 @@ def train_baseline(data: CACData, *, seed: int = 0, profile: str | Profile | Non
         cnn = new_cnn(data.num_classes, p).to(device)
         with one_cpu_thread(device):  # the result must not depend on the number of cores
             train_classifier(cnn, TensorBatches(x, y, batch_size=cfg["batch_size"]),
-                             epochs=cfg["epochs"], lr=cfg["lr"], seed=seed, progress=progress)
+                             epochs=cfg["epochs"], lr=cfg["lr"], seed=seed, progress=progress,
+                             lr_decay=cfg["lr_decay"])
             out: dict[str, Any] = {"state": {k: v.cpu().clone()
                                              for k, v in cnn.state_dict().items()}}
             for name, images in split_images(data).items():
                 out[f"{name}_logits"] = batched_forward(cnn, images)
         return out
 
-    meta = {"kind": "cac baseline", "version": 3, "threads": 1, "seed": seed,
+    meta = {"kind": "cac baseline", "version": 4, "threads": 1, "seed": seed,
             "source": data.source, "far": data.far_source, "n_train": len(data.train_y),
             "n_val": len(data.val_y), **{k: (list(v) if isinstance(v, tuple) else v)
                                          for k, v in cfg.items()}}
@@ -477,12 +483,15 @@ def train_cac_whole(model: nn.Module, loader: Iterable, epochs: int, lr: float,
     One Adam optimiser over every parameter of ``model`` (learning rate ``lr``), the model in
     training mode; per batch: ``zero_grad``, distances ``model(x)``,
     ``loss_fn(distances, y, lambda_=lambda_)`` (default :func:`ood_utils.cac.cac_loss`),
-    ``backward``, ``step``. Returns the mean loss of every epoch (weighted by batch size) and
+    ``backward``, ``step``, and one step of a schedule that lowers the learning rate linearly
+    to 0 over the ``epochs * len(loader)`` batches (as the baseline's ``lr_decay``). Returns the mean loss of every epoch (weighted by batch size) and
     leaves the model in evaluation mode. It draws no random numbers of its own: the batch
     order and dropout come from torch's global generator, seeded by the caller.
     """
     fn = loss_fn or cac_loss
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = int(epochs) * len(loader)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda k: 1 - k / steps)
     history = []
     model.train()
     for _ in range(int(epochs)):
@@ -492,6 +501,7 @@ def train_cac_whole(model: nn.Module, loader: Iterable, epochs: int, lr: float,
             loss = fn(model(x), y, lambda_=lambda_)
             loss.backward()
             optimiser.step()
+            schedule.step()
             total += loss.item() * len(y)
             count += len(y)
         history.append(total / max(count, 1))

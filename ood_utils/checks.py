@@ -2408,7 +2408,7 @@ def _cac_toy_problem(seed: int):
 
 def _cac_train_variant(model, loader, epochs, lr, lambda_, *, zero_grad=True, train_mode=True,
                        optimiser_per_epoch=False, optimiser="adam", params="all", step=True,
-                       loss="cac"):
+                       loss="cac", schedule="batch"):
     """The reference training loop, or one of its typical mistakes (see check_cac_training)."""
     from .cac import cac_loss
 
@@ -2419,13 +2419,24 @@ def _cac_train_variant(model, loader, epochs, lr, lambda_, *, zero_grad=True, tr
             return torch.optim.SGD(chosen, lr=lr)
         return torch.optim.Adam(chosen, lr=lr)
 
+    total_steps = epochs * len(loader)
+    done = 0
+
+    def set_lr():  # lr * (1 - k / K) before update k (batch) or before epoch k (epoch)
+        k = done if schedule == "batch" else done * len(loader)
+        for group in opt.param_groups:
+            group["lr"] = lr * (1 - k / total_steps)
+
     opt = make()
     batch_losses, history = [], []
     if train_mode:
         model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         if optimiser_per_epoch:
             opt = make()
+        if schedule == "epoch":
+            done = epoch
+            set_lr()
         total, count, losses = 0.0, 0, []
         for x, y in loader:
             if zero_grad:
@@ -2434,8 +2445,12 @@ def _cac_train_variant(model, loader, epochs, lr, lambda_, *, zero_grad=True, tr
             value = (cac_loss(d, y, lambda_=lambda_) if loss == "cac"
                      else torch.nn.functional.cross_entropy(d, y))
             value.backward()
+            if schedule == "batch":
+                set_lr()
             if step:
                 opt.step()
+            if schedule == "batch":
+                done += 1
             total += value.item() * len(y)
             count += len(y)
             losses.append(value.item())
@@ -2456,7 +2471,8 @@ def check_cac_training(student_fn: Callable) -> None:
     trained weights, the returned per-epoch losses and the mode the model is left in. When the
     weights differ, the loop is compared with typical mistakes (no ``zero_grad``, no
     ``model.train()``, a new optimiser every epoch, a hard-coded learning rate or lambda, SGD,
-    part of the network only, no ``step``, cross-entropy on the distances) and the message
+    part of the network only, no ``step``, cross-entropy on the distances, a constant learning
+    rate or a schedule stepped per epoch) and the message
     names the one that matches.
     """
     __tracebackhide__ = True
@@ -2499,6 +2515,11 @@ def check_cac_training(student_fn: Callable) -> None:
                 "whole network)": dict(params="trunk"),
                 "the loss is cross-entropy on the distances: train with your CAC loss, "
                 "cac_loss_exercise(model(x), y, lambda_=lambda_)": dict(loss="ce"),
+                "the learning rate stays constant: lower it linearly to 0 over the "
+                "epochs * len(loader) batches, one scheduler step after every optimiser step":
+                    dict(schedule="none"),
+                "the schedule steps once per epoch: step it after every batch, so that the "
+                "learning rate falls over epochs * len(loader) steps": dict(schedule="epoch"),
             }
             for hint, kw in mistakes.items():
                 m = copy.deepcopy(start)
@@ -2512,7 +2533,8 @@ def check_cac_training(student_fn: Callable) -> None:
                 f"{name}: the trained weights differ from the reference loop's ({case}). "
                 "Check: one Adam optimiser over model.parameters() with lr, created before the "
                 "loop; model.train() first; for every batch zero_grad, distances = model(x), "
-                "your cac_loss_exercise(distances, y, lambda_=lambda_), backward, step; no "
+                "your cac_loss_exercise(distances, y, lambda_=lambda_), backward, step, "
+                "then the learning-rate schedule's step; no "
                 "extra random numbers (no torch.manual_seed, no second pass over the loader)")
         if model.training:
             _hidden_assert(f"{name} left the model in training mode ({case}): call "

@@ -345,6 +345,8 @@ CONFUSION_MISTAKES = [(confusion_transposed, "swapped"), (confusion_unknown_firs
 
 def train_solution(model, loader, epochs, lr, lambda_):
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    total_steps = epochs * len(loader)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - k / total_steps)
     history = []
     model.train()
     for _ in range(epochs):
@@ -354,6 +356,7 @@ def train_solution(model, loader, epochs, lr, lambda_):
             loss = loss_logsumexp(model(x), y, lambda_=lambda_)
             loss.backward()
             optimizer.step()
+            schedule.step()
             total += loss.item() * len(y)
             count += len(y)
         history.append(total / count)
@@ -364,6 +367,9 @@ def train_solution(model, loader, epochs, lr, lambda_):
 def train_seed_style(model, loader, epochs, lr, lambda_):
     # the seed project's train(): enumerate, zero_grad first, criterion(outputs, targets)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # torch's linear schedule from factor 1 to 0 (computed recursively: rounding may differ)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.0,
+                                                  total_iters=epochs * len(loader))
     criterion = loss_logsumexp
     model.train()
     history = []
@@ -375,6 +381,7 @@ def train_seed_style(model, loader, epochs, lr, lambda_):
             loss = criterion(outputs, targets, lambda_=lambda_)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             losses.append(loss.item())
         history.append(sum(losses) / len(losses))  # mean of the batch losses
     model.eval()
@@ -384,12 +391,15 @@ def train_seed_style(model, loader, epochs, lr, lambda_):
 def train_zero_grad_after_step(model, loader, epochs, lr, lambda_):
     opt = torch.optim.Adam(params=list(model.parameters()), lr=lr)
     model.train(True)
-    out = []
+    out, k, total_steps = [], 0, epochs * len(loader)
     for _ in range(epochs):
         running = []
         for x, y in loader:
             loss = loss_one_hot_mask(model(x), y, lambda_)
             loss.backward()
+            for group in opt.param_groups:  # the schedule written by hand
+                group["lr"] = lr * (1 - k / total_steps)
+            k += 1
             opt.step()
             model.zero_grad(set_to_none=True)
             running.append(loss.detach() * len(y))
@@ -403,15 +413,19 @@ TRAIN_CORRECT = [train_solution, train_seed_style, train_zero_grad_after_step]
 
 def _loop(model, loader, epochs, lr, lambda_, *, zero_grad=True, train_first=True, eval_last=True,
           per_epoch_opt=False, opt_cls=torch.optim.Adam, params=None, step=True, loss=None,
-          record="mean"):
+          record="mean", schedule="batch"):
     make = lambda: opt_cls(params(model) if params else model.parameters(), lr=lr)  # noqa: E731
     optimizer = make()
     history = []
+    k, total_steps = 0, epochs * len(loader)
     if train_first:
         model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         if per_epoch_opt:
             optimizer = make()
+        if schedule == "epoch":
+            for group in optimizer.param_groups:
+                group["lr"] = lr * (1 - epoch / epochs)
         total, count, last = 0.0, 0, 0.0
         for x, y in loader:
             if zero_grad:
@@ -419,6 +433,10 @@ def _loop(model, loader, epochs, lr, lambda_, *, zero_grad=True, train_first=Tru
             d = model(x)
             value = loss(d, y) if loss else loss_logsumexp(d, y, lambda_=lambda_)
             value.backward()
+            if schedule == "batch":
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * (1 - k / total_steps)
+                k += 1
             if step:
                 optimizer.step()
             total += value.item() * len(y)
@@ -474,6 +492,14 @@ def train_last_batch_loss(model, loader, epochs, lr, lambda_):
     return _loop(model, loader, epochs, lr, lambda_, record="last")
 
 
+def train_constant_lr(model, loader, epochs, lr, lambda_):
+    return _loop(model, loader, epochs, lr, lambda_, schedule="none")
+
+
+def train_schedule_per_epoch(model, loader, epochs, lr, lambda_):
+    return _loop(model, loader, epochs, lr, lambda_, schedule="epoch")
+
+
 def train_returns_none(model, loader, epochs, lr, lambda_):
     _loop(model, loader, epochs, lr, lambda_)
 
@@ -485,7 +511,9 @@ TRAIN_MISTAKES = [(train_no_zero_grad, "zero_grad"), (train_no_train_mode, r"mod
                   (train_hard_coded_lambda, "lambda_ is hard-coded"), (train_sgd, "SGD"),
                   (train_only_output_layer, "only the output layer"),
                   (train_no_step, "step"), (train_cross_entropy, "cross-entropy"),
-                  (train_last_batch_loss, "LAST batch"), (train_returns_none, "returned None")]
+                  (train_last_batch_loss, "LAST batch"), (train_returns_none, "returned None"),
+                  (train_constant_lr, "stays constant"),
+                  (train_schedule_per_epoch, "once per epoch")]
 
 # ============================================================================ threshold sweep
 
