@@ -2712,8 +2712,8 @@ def _trainable(module) -> list:
     return [q for q in module.parameters() if q.requires_grad]
 
 
-def check_cac_network(student_cls: Callable) -> None:
-    """Self-check of ``CACNetworkExercise(num_classes, channels, dropout, alpha)`` (notebook 07).
+def check_cac_network(student_fn: Callable) -> None:
+    """Self-check of the class ``CACNetworkExercise(num_classes, channels, dropout, alpha)`` (notebook 07).
 
     Builds the student's network and :class:`ood_utils.cac_experiment.SmallCNN` after the same
     ``torch.manual_seed`` and compares: the trainable parameters (same shapes, same order, same
@@ -2731,8 +2731,8 @@ def check_cac_network(student_cls: Callable) -> None:
     from .cac import anchor_distances, class_anchors
     from .cac_experiment import SmallCNN
 
-    _require_callable(student_cls)
-    name = getattr(student_cls, "__name__", "your network")
+    _require_callable(student_fn)
+    name = getattr(student_fn, "__name__", "your network")
     for seed, n, channels, dropout, alpha in ((0, 6, (4, 4, 8), 0.5, 10.0),
                                               (1, 3, (3, 5, 6), 0.3, 2.5)):
         case = f"num_classes={n}, channels={channels}, dropout={dropout}, alpha={alpha:g}"
@@ -2740,7 +2740,7 @@ def check_cac_network(student_cls: Callable) -> None:
         ref = SmallCNN(n, channels=channels, dropout=dropout)
         torch.manual_seed(seed)
         try:
-            net = student_cls(n, channels=channels, dropout=dropout, alpha=alpha)
+            net = student_fn(n, channels=channels, dropout=dropout, alpha=alpha)
         except TypeError as err:
             _hidden_assert(f"{name}({case}) failed: {err}; keep the signature "
                            "(num_classes, channels, dropout, alpha=10.0)")
