@@ -193,10 +193,11 @@ EXPECTED: dict[str, dict[str, Expected]] = {
         # like another seed would (tests/answer_key/test_cac.py trains one such combination).
         # The MSP-vs-CAC comparison of the same runs is CAC_COMPARISON below.
         "cac": Expected(71.28, 11.57,
-            "measured 2026-12-02, 5 runs (seed 0: 71.127, seed 1: 73.150, seed 2: 70.929, seed 3: 7"
-            "1.917, seed 4: 69.294; spread 3.856); same order: accuracy 87.033/87.233/87.667/87.350"
-            "/86.800, known accepted 94.617/93.817/94.500/94.417/94.067, unknown rejected 22.625/24"
-            ".725/19.475/23.075/15.275",
+            "measured 2026-12-02, 5 runs (seed 0: 71.127, seed 1: 73.150, seed 2: 70.929, seed 3: "
+            "71.917, seed 4: 69.294; spread 3.856); same order: accuracy "
+            "87.033/87.233/87.667/87.350/86.800, known accepted "
+            "94.617/93.817/94.500/94.417/94.067, unknown rejected "
+            "22.625/24.725/19.475/23.075/15.275",
             extra={"accuracy": (87.22, 2.6), "known_accepted_tpr": (94.28, 2.4),
                    "unknown_rejected_tpr": (21.04, 28.35)}),
     },
