@@ -202,6 +202,20 @@ def test_cac_model_takes_its_own_anchors_and_distance_function():
         cac.CACModel(trunk, 3, anchors=torch.eye(4))
 
 
+def test_without_the_extra_layer_the_logits_are_the_anchor_space():
+    torch.manual_seed(1)
+    trunk = torch.nn.Linear(3, 4)
+    plain = cac.CACModel(trunk, 4, extra_layer=False)
+    with_layer = cac.CACModel(trunk, 4)
+    assert sum(p.numel() for p in plain.parameters()) == 3 * 4 + 4
+    assert sum(p.numel() for p in with_layer.parameters()) == 3 * 4 + 4 + 4 * 4 + 4
+    x = torch.randn(6, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.embed(x), trunk(x))
+        want = torch.sqrt(((trunk(x)[:, None, :] - 10 * torch.eye(4)[None]) ** 2).sum(-1))
+        torch.testing.assert_close(plain(x), want)
+
+
 # --------------------------------------------------------------------------- summary and checks
 
 def test_open_set_summary_matches_independent_computations():

@@ -34,6 +34,7 @@ def test_profiles_train_both_networks_alike():
     # the clip profile keeps the student project's network and its start from the baseline
     assert clip["channels"] == (32, 32, 64) and clip["init_from_baseline"]
     assert mini["lambda_"] == clip["lambda_"] == 0.1 and mini["alpha"] == 10.0
+    assert mini["lr_decay"] and clip["lr_decay"] and mini["epochs"] == 3
     net = ce.new_cnn(6, "miniclip")
     assert net.features[0].out_channels == 16 and net.features[2].p == mini["dropout"]
 
@@ -140,7 +141,8 @@ def test_training_runs_in_the_model_dtype_and_takes_a_custom_loss():
 
 
 def test_train_cac_whole_is_the_loop_the_notebook_describes():
-    """The reference loop equals a hand-written Adam loop from the same random state."""
+    """The reference loop equals a hand-written Adam loop (learning rate set by hand to
+    lr * (1 - k / K) before update k of K) from the same random state."""
     x, y = _toy_images()
     torch.manual_seed(3)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 16), torch.nn.ReLU(),
@@ -154,18 +156,22 @@ def test_train_cac_whole_is_the_loop_the_notebook_describes():
     opt = torch.optim.Adam(b.parameters(), lr=0.01)
     b.train()
     by_hand = []
+    batches = ce.TensorBatches(x, y, batch_size=8)
+    k, total_steps = 0, 2 * len(batches)
     for _ in range(2):
         losses = []
-        for xb, yb in ce.TensorBatches(x, y, batch_size=8):
+        for xb, yb in batches:
             opt.zero_grad()
             loss = cac.cac_loss(b(xb), yb, lambda_=0.3)
             loss.backward()
+            opt.param_groups[0]["lr"] = 0.01 * (1 - k / total_steps)
+            k += 1
             opt.step()
             losses.append(loss.item())
         by_hand.append(float(np.mean(losses)))  # equal batches of 8: same as the weighted mean
     for p, q in zip(a.parameters(), b.parameters()):
-        assert torch.equal(p, q)
-    assert hist == pytest.approx(by_hand, rel=1e-12)
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert hist == pytest.approx(by_hand, rel=1e-6)
 
 
 def test_threshold_sweep_matches_a_brute_force_count():
@@ -217,3 +223,59 @@ def test_train_open_set_on_a_tiny_profile_is_reproducible():
     assert set(d) == {"val", "test", "unknown"} and d["test"].shape == (30, 3)
     with pytest.raises(ValueError, match="returned None"):
         ce.train_open_set(data, seed=1, profile=tiny, train_fn=lambda *a: None)
+
+
+def test_the_reference_network_starts_where_the_baseline_starts():
+    """CACNetwork creates SmallCNN's parameters in the same order: same seed, same start."""
+    torch.manual_seed(3)
+    cnn = ce.SmallCNN(4, channels=(4, 4, 8), dropout=0.5).eval()
+    torch.manual_seed(3)
+    net = ce.CACNetwork(4, channels=(4, 4, 8), dropout=0.5, alpha=2.0).eval()
+    assert [p.shape for p in net.parameters()] == [p.shape for p in cnn.parameters()]
+    for p, q in zip(net.parameters(), cnn.parameters()):
+        assert torch.equal(p, q)
+    assert not any(b is p for b in net.buffers() for p in net.parameters())
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(net.embed(x), cnn(x), rtol=1e-5, atol=1e-5)
+        # forward: Euclidean distances to the anchors 2 * e_j, written out independently
+        d = torch.sqrt(((cnn(x)[:, None, :] - 2.0 * torch.eye(4)[None]) ** 2).sum(-1))
+        torch.testing.assert_close(net(x), d, rtol=1e-5, atol=1e-5)
+
+
+def test_load_cnn_weights_copies_in_order_and_refuses_another_shape():
+    cnn = ce.SmallCNN(3, channels=(4, 4, 8))
+    net = ce.CACNetwork(3, channels=(4, 4, 8))
+    ce.load_cnn_weights(net, cnn.state_dict())
+    for p, q in zip(net.parameters(), cnn.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="do not match"):
+        ce.load_cnn_weights(ce.CACNetwork(3, channels=(4, 4, 6)), cnn.state_dict())
+
+
+def test_train_open_set_builds_a_notebook_network_from_the_baseline_start():
+    import dataclasses
+
+    from ood_utils.course.profiles import PROFILES
+
+    tiny = dataclasses.replace(PROFILES["miniclip"], cac_baseline_per_class=6,
+                               cac_baseline_epochs=1, cac_cnn_channels=(4, 4, 8))
+    x, y = _toy_images(n_per_class=10)
+    data = ce.CACData(train_x=x, train_y=y, val_x=x[:6], val_y=y[:6], test_x=x, test_y=y,
+                      unknown_x=-x[:5], unknown_y=torch.zeros(5, dtype=torch.long),
+                      known_names=("a", "b", "c"), unknown_names=("u",), mean=0.0, std=1.0)
+    seen = {}
+
+    def build(n, **kw):
+        seen.update(kw, n=n)
+        return ce.CACNetwork(n, **kw)
+
+    m1, h1 = ce.train_open_set(data, seed=2, profile=tiny, build_fn=build)
+    m2, h2 = ce.train_open_set(data, seed=2, profile=tiny)  # CACModel(SmallCNN), no N x N layer
+    assert seen == {"n": 3, "channels": (4, 4, 8), "dropout": 0.5, "alpha": 10.0}
+    assert isinstance(m2.to_anchor_space, torch.nn.Identity)
+    assert len(h1) == len(h2) == 1 and all(np.isfinite(h1))
+    # same start: the untrained networks are equal (checked through the first layer's shape)
+    assert [p.shape for p in m1.parameters()] == [p.shape for p in m2.parameters()]
+    with pytest.raises(TypeError, match="not a torch module"):
+        ce.train_open_set(data, seed=2, profile=tiny, build_fn=lambda n, **kw: None)

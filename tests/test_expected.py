@@ -102,3 +102,17 @@ def test_get_expected_validates_its_arguments():
         expected.get_expected("nope", "clip")
     with pytest.raises(ValueError, match="profile"):
         expected.get_expected("knn", "imagenet")
+
+
+def test_the_cac_verdict_needs_every_seed_and_an_interval_without_zero():
+    from ood_utils.answer_key.expected import comparison_verdict
+
+    # mean 3.32, sd 0.444, t(0.975, 4) = 2.776: interval 2.77 to 3.87
+    assert comparison_verdict([3.0, 3.5, 4.0, 2.9, 3.2]).startswith("CAC above MSP")
+    assert "+2.77 to +3.87" in comparison_verdict([3.0, 3.5, 4.0, 2.9, 3.2])
+    # ahead in every seed but the interval (mean 2.2, sd 2.58) holds 0
+    assert comparison_verdict([0.2, 0.3, 4.5, 0.5, 5.5]).startswith("no clear difference")
+    assert comparison_verdict([1.0, -0.5, 0.3]).startswith("no clear difference")
+    assert comparison_verdict([-2.0, -2.2, -1.9]).startswith("MSP above CAC")
+    with pytest.raises(ValueError):
+        comparison_verdict([1.0])

@@ -2,10 +2,14 @@
 
 For every seed: the cross-entropy baseline (``cac_experiment.train_baseline``, seed s) and the
 CAC network trained end to end (``cac_experiment.train_open_set``, seed s; by default with the
-reference loop, loss, anchors and distances), both on one CPU thread. Prints one JSON line per
+reference of the notebook's network, ``cac_experiment.CACNetwork``, and the reference loop, loss,
+anchors and distances), both on one CPU thread. Prints one JSON line per
 seed (AUROC of MSP and of CAC on the unknown test images and, where the profile has one, on the
 far unknown set; closed-set accuracy; the rates under the 95 % rule; the threshold sweep) and
-appends it to ``--out``. Copy the numbers into ``ood_utils/answer_key/expected.json`` (``results.<profile>.cac`` and ``cac_comparison``).
+appends it to ``--out``; at the end, the mean, standard deviation and number of seeds where CAC
+beats MSP, for each unknown set. Copy the numbers into ``ood_utils/answer_key/expected.json`` (``results.<profile>.cac`` and ``cac_comparison``).
+``--build cacmodel`` measures ``cac.CACModel`` around ``SmallCNN`` instead (``--extra-layer``:
+with the student project's ``N x N`` layer).
 
     OMP_NUM_THREADS=1 python tools/measure_cac.py --seeds 0 1 2 3 4 --out results/cac_seeds.jsonl
 """
@@ -26,7 +30,7 @@ SWEEP_TPRS = (0.80, 0.85, 0.90, 0.95, 0.99)
 
 
 def measure(profile: str, seed: int, *, train_fn=None, loss_fn=None, anchors_fn=None,
-            distance_fn=None, lambda_=None, baseline_too: bool = True) -> dict:
+            distance_fn=None, lambda_=None, build_fn=None, baseline_too: bool = True) -> dict:
     data = cac_experiment.cac_datasets(profile, seed=0)
     t0 = time.process_time()
     blob = cac_experiment.train_baseline(data, seed=seed, profile=profile, progress=False)
@@ -35,7 +39,7 @@ def measure(profile: str, seed: int, *, train_fn=None, loss_fn=None, anchors_fn=
     t0 = time.process_time()
     model, history = cac_experiment.train_open_set(
         data, seed=seed, profile=profile, train_fn=train_fn, loss_fn=loss_fn, anchors=anchors,
-        distance_fn=distance_fn, baseline=blob, lambda_=lambda_)
+        distance_fn=distance_fn, baseline=blob, lambda_=lambda_, build_fn=build_fn)
     dist = cac_experiment.open_set_distances(model, data)
     t_cac = time.process_time() - t0
     summary = cac.open_set_summary(dist["val"], dist["test"], data.test_y, dist["unknown"])
@@ -63,17 +67,45 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="miniclip")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--build", choices=("network", "cacmodel"), default="network")
+    parser.add_argument("--extra-layer", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.build == "network":
+        build_fn = cac_experiment.CACNetwork
+    else:
+        def build_fn(n, *, channels, dropout, alpha):
+            cnn = cac_experiment.SmallCNN(n, channels=channels, dropout=dropout)
+            return cac.CACModel(cnn, n, alpha=alpha, extra_layer=args.extra_layer)
+    rows = []
     for seed in args.seeds:
-        row = measure(args.profile, seed)
+        row = measure(args.profile, seed, build_fn=build_fn)
+        rows.append(row)
         line = json.dumps(row)
         print(line, flush=True)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a") as f:
                 f.write(line + "\n")
+    print(summarise(rows))
     return 0
+
+
+def summarise(rows: list[dict]) -> str:
+    """Mean, standard deviation (ddof 0) and CAC wins of the AUROCs of ``rows`` (one per seed)."""
+    import numpy as np
+
+    lines = []
+    for msp, cac_key, what in (("msp_auroc", "cac_auroc", "unknown test images"),
+                               ("msp_far_auroc", "cac_far_auroc", "second unknown set")):
+        if not rows or msp not in rows[0]:
+            continue
+        a = np.array([r[msp] for r in rows])
+        b = np.array([r[cac_key] for r in rows])
+        lines.append(f"{what}: MSP {a.mean():.2f} +/- {a.std():.2f}, CAC {b.mean():.2f} +/- "
+                     f"{b.std():.2f}, CAC - MSP {np.mean(b - a):+.2f} +/- {np.std(b - a):.2f}, "
+                     f"CAC higher in {int((b > a).sum())} of {len(rows)} seeds")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -226,6 +226,33 @@ def cac_comparison(profile=None) -> str:
         if near in keys and far in keys:
             diffs = [v[far] - v[near] for v in seeds.values()]
             wins = sum(d > 0 for d in diffs)
-            lines.append(f"CAC - MSP on the {what}: mean {sum(diffs) / len(diffs):+.2f} points, "
+            mean = sum(diffs) / len(diffs)
+            std = (sum((d - mean) ** 2 for d in diffs) / len(diffs)) ** 0.5
+            lines.append(f"CAC - MSP on the {what}: mean {mean:+.2f} points (std {std:.2f}), "
                          f"CAC higher in {wins} of {len(diffs)} seeds")
+            lines.append("  -> " + comparison_verdict(diffs))
     return "\n".join(lines)
+
+
+def comparison_verdict(diffs) -> str:
+    """Which effect the per-seed differences ``CAC - MSP`` (AUROC points) show, in words.
+
+    Clear when one method is ahead in every seed and the 95 % confidence interval of the mean
+    difference (Student's t with ``n - 1`` degrees of freedom, standard deviation with
+    ``ddof=1``) excludes 0; otherwise no clear difference.
+    """
+    from scipy import stats
+
+    diffs = [float(d) for d in diffs]
+    if len(diffs) < 2:
+        raise ValueError(f"need at least two seeds to compare, got {len(diffs)}")
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / n ** 0.5
+    interval = f"95 % interval of the mean gap {mean - half:+.2f} to {mean + half:+.2f}"
+    if all(d > 0 for d in diffs) and mean - half > 0:
+        return f"CAC above MSP in every seed ({interval})"
+    if all(d < 0 for d in diffs) and mean + half < 0:
+        return f"MSP above CAC in every seed ({interval})"
+    return f"no clear difference: the gap changes sign or its interval holds 0 ({interval})"

@@ -9,7 +9,7 @@ module is the plumbing around it, sized for a laptop CPU:
   (seed 004).
 * :func:`train_baseline`: trains a :class:`SmallCNN` with cross-entropy and caches it with
   its logits on every split (:func:`ood_utils.course.features.cached`).
-* :func:`train_open_set`: the CAC network (the same CNN plus the CAC layer) trained end to end
+* :func:`train_open_set`: the CAC network (the same CNN, its logits the anchor space) trained end to end
   with the CAC loss, on the same images, for as many epochs, seeded, on one CPU thread
   (reproducible bit for bit); the notebook passes its own training loop, loss, anchors and
   distance layer. :func:`train_cac_whole` is the reference of that loop.
@@ -159,15 +159,17 @@ def _fit(model: nn.Module, loader: Iterable, *, epochs: int, lr: float, seed: in
 
 
 def train_classifier(cnn: nn.Module, loader: Iterable, *, epochs: int = 2, lr: float = 1e-3,
-                     seed: int = 0, progress: bool = True) -> list[float]:
+                     seed: int = 0, progress: bool = True, lr_decay: bool = False
+                     ) -> list[float]:
     """Train ``cnn`` with cross-entropy and Adam; returns the mean loss of every epoch.
 
     ``loader`` yields ``(images (B, C, 28, 28), labels (B,))`` batches, e.g.
     :class:`TensorBatches`. ``seed`` fixes shuffling and dropout (CPU, same thread count:
-    bit-for-bit reproducible). The model is left in eval mode.
+    bit-for-bit reproducible). ``lr_decay`` lowers the learning rate linearly to 0 over the
+    run (after batch ``k`` of ``K`` it is ``lr * (1 - k / K)``). The model is left in eval mode.
     """
     return _fit(cnn, loader, epochs=epochs, lr=lr, seed=seed, loss_fn=F.cross_entropy,
-                desc="cross-entropy", progress=progress)
+                desc="cross-entropy", progress=progress, lr_decay=lr_decay)
 
 
 def train_cac(model: CACModel, loader: Iterable, *, epochs: int = 2, lr: float = 1e-3,
@@ -380,6 +382,9 @@ def balanced_subset(labels: torch.Tensor, per_class: int, *, seed: int = 0) -> t
 #: ``profile.cac_*``): Adam, learning rate 1e-3, batches of 128, as the CAC project notebook.
 BASELINE_LR = 1e-3
 BASELINE_BATCH_SIZE = 128
+#: Both trainings lower the learning rate linearly from ``BASELINE_LR`` to 0 over the run, one
+#: step per batch (the project notebook keeps it constant; measured in tools/measure_cac.py).
+LR_DECAY = True
 
 
 def training_settings(profile: str | Profile | None = None) -> dict[str, Any]:
@@ -396,7 +401,7 @@ def training_settings(profile: str | Profile | None = None) -> dict[str, Any]:
             "lr": BASELINE_LR, "batch_size": BASELINE_BATCH_SIZE,
             "channels": tuple(p.cac_cnn_channels), "dropout": p.cac_dropout,
             "lambda_": DEFAULT_LAMBDA, "alpha": DEFAULT_ALPHA,
-            "init_from_baseline": p.cac_init_from_baseline}
+            "init_from_baseline": p.cac_init_from_baseline, "lr_decay": LR_DECAY}
 
 
 def training_subset(data: CACData, profile: str | Profile | None = None
@@ -440,14 +445,15 @@ def train_baseline(data: CACData, *, seed: int = 0, profile: str | Profile | Non
         cnn = new_cnn(data.num_classes, p).to(device)
         with one_cpu_thread(device):  # the result must not depend on the number of cores
             train_classifier(cnn, TensorBatches(x, y, batch_size=cfg["batch_size"]),
-                             epochs=cfg["epochs"], lr=cfg["lr"], seed=seed, progress=progress)
+                             epochs=cfg["epochs"], lr=cfg["lr"], seed=seed, progress=progress,
+                             lr_decay=cfg["lr_decay"])
             out: dict[str, Any] = {"state": {k: v.cpu().clone()
                                              for k, v in cnn.state_dict().items()}}
             for name, images in split_images(data).items():
                 out[f"{name}_logits"] = batched_forward(cnn, images)
         return out
 
-    meta = {"kind": "cac baseline", "version": 3, "threads": 1, "seed": seed,
+    meta = {"kind": "cac baseline", "version": 4, "threads": 1, "seed": seed,
             "source": data.source, "far": data.far_source, "n_train": len(data.train_y),
             "n_val": len(data.val_y), **{k: (list(v) if isinstance(v, tuple) else v)
                                          for k, v in cfg.items()}}
@@ -477,12 +483,15 @@ def train_cac_whole(model: nn.Module, loader: Iterable, epochs: int, lr: float,
     One Adam optimiser over every parameter of ``model`` (learning rate ``lr``), the model in
     training mode; per batch: ``zero_grad``, distances ``model(x)``,
     ``loss_fn(distances, y, lambda_=lambda_)`` (default :func:`ood_utils.methods.cac.cac_loss`),
-    ``backward``, ``step``. Returns the mean loss of every epoch (weighted by batch size) and
+    ``backward``, ``step``, and one step of a schedule that lowers the learning rate linearly
+    to 0 over the ``epochs * len(loader)`` batches (as the baseline's ``lr_decay``). Returns the mean loss of every epoch (weighted by batch size) and
     leaves the model in evaluation mode. It draws no random numbers of its own: the batch
     order and dropout come from torch's global generator, seeded by the caller.
     """
     fn = loss_fn or cac_loss
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = int(epochs) * len(loader)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda k: 1 - k / steps)
     history = []
     model.train()
     for _ in range(int(epochs)):
@@ -492,6 +501,7 @@ def train_cac_whole(model: nn.Module, loader: Iterable, epochs: int, lr: float,
             loss = fn(model(x), y, lambda_=lambda_)
             loss.backward()
             optimiser.step()
+            schedule.step()
             total += loss.item() * len(y)
             count += len(y)
         history.append(total / max(count, 1))
@@ -503,7 +513,8 @@ def train_open_set(data: CACData, *, seed: int = 0, profile: str | Profile | Non
                    train_fn: Callable | None = None, loss_fn: Callable | None = None,
                    anchors: torch.Tensor | None = None, distance_fn: Callable | None = None,
                    baseline: dict | None = None, lambda_: float | None = None,
-                   device: str | torch.device = "cpu") -> tuple[CACModel, list[float]]:
+                   build_fn: Callable | None = None,
+                   device: str | torch.device = "cpu") -> tuple[nn.Module, list[float]]:
     """Notebook 07's CAC network, trained end to end: ``(model, per-epoch losses)``.
 
     ``torch.manual_seed(seed)``; a :func:`new_cnn` (from the baseline's weights ``baseline``
@@ -515,21 +526,38 @@ def train_open_set(data: CACData, *, seed: int = 0, profile: str | Profile | Non
     own loop (which calls its own loss). ``lambda_`` overrides the profile's. ``device``
     decides where the training runs (a GPU for the ``clip`` profile's full MNIST; results may
     differ slightly from the CPU's); the model is returned on the CPU, in evaluation mode.
+
+    The network is, as in the paper, the CNN whose ``N`` logits are the anchor space (no extra
+    ``N x N`` layer). ``build_fn(num_classes, channels=..., dropout=..., alpha=...)`` (a
+    notebook's own network class, see :func:`ood_utils.answer_key.checks.check_cac_network`) replaces
+    :class:`ood_utils.methods.cac.CACModel` around :func:`new_cnn`; it is called right after
+    ``torch.manual_seed(seed)`` and must create its parameters in :class:`SmallCNN`'s order, so
+    that it starts from the baseline's random initialisation (or is loaded with the baseline's
+    weights parameter by parameter).
     """
     p = get_profile(profile)
     cfg = training_settings(p)
     lam = cfg["lambda_"] if lambda_ is None else float(lambda_)
     x, y = training_subset(data, p)
+    if cfg["init_from_baseline"] and baseline is None:
+        raise ValueError(f"profile {p.name} starts CAC from the baseline's weights: pass "
+                         "baseline=train_baseline(...)")
     torch.manual_seed(seed)
-    cnn = new_cnn(data.num_classes, p)
-    if cfg["init_from_baseline"]:
-        if baseline is None:
-            raise ValueError(f"profile {p.name} starts CAC from the baseline's weights: pass "
-                             "baseline=train_baseline(...)")
-        cnn.load_state_dict(baseline["state"])
-    model = CACModel(cnn, data.num_classes, alpha=cfg["alpha"], anchors=anchors,
-                     distance_fn=distance_fn)
-    model = model.to(device)
+    if build_fn is not None:
+        model = build_fn(data.num_classes, channels=cfg["channels"], dropout=cfg["dropout"],
+                         alpha=cfg["alpha"])
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"build_fn returned a {type(model).__name__}, not a torch module")
+        if cfg["init_from_baseline"]:
+            load_cnn_weights(model, baseline["state"])
+    else:
+        cnn = new_cnn(data.num_classes, p)
+        if cfg["init_from_baseline"]:
+            cnn.load_state_dict(baseline["state"])
+        model = CACModel(cnn, data.num_classes, alpha=cfg["alpha"], anchors=anchors,
+                         distance_fn=distance_fn, extra_layer=False)
+    # channels-last convolution weights (as SmallCNN's) are about 1.5x faster on CPUs
+    model = model.to(device).to(memory_format=torch.channels_last)
     loader = TensorBatches(x.to(device), y.to(device), batch_size=cfg["batch_size"])
     if train_fn is None:
         train_fn = lambda m, ld, e, lr, lm: train_cac_whole(m, ld, e, lr, lm, loss_fn)  # noqa: E731
@@ -540,6 +568,23 @@ def train_open_set(data: CACData, *, seed: int = 0, profile: str | Profile | Non
         raise ValueError("the training function returned None: return the list of the mean "
                          "loss of every epoch")
     return model, [float(v) for v in history]
+
+
+def load_cnn_weights(model: nn.Module, state: dict) -> None:
+    """Copy a :class:`SmallCNN` ``state`` into ``model``'s trainable parameters, in order.
+
+    For a network written in a notebook, whose parameter names differ from :class:`SmallCNN`'s
+    but whose parameters (checked: same number, same shapes) come in the same order.
+    """
+    params = [q for q in model.parameters() if q.requires_grad]
+    values = list(state.values())
+    if len(params) != len(values) or any(q.shape != v.shape for q, v in zip(params, values)):
+        raise ValueError("the network's trainable parameters do not match the baseline CNN's "
+                         f"({[tuple(q.shape) for q in params]} vs "
+                         f"{[tuple(v.shape) for v in values]}); build the same CNN")
+    with torch.no_grad():
+        for q, v in zip(params, values):
+            q.copy_(v)
 
 
 def open_set_distances(model: nn.Module, data: CACData) -> dict[str, torch.Tensor]:
@@ -567,3 +612,44 @@ def threshold_sweep(dist_val: Any, dist_test: Any, dist_unknown: Any,
         accepted.append(k)
         rejected.append(u)
     return {"known_accepted": np.array(accepted), "unknown_rejected": np.array(rejected)}
+
+
+class CACNetwork(nn.Module):
+    """Reference of notebook 07's network exercise: :class:`SmallCNN`'s layers, logits = anchor space.
+
+    The same three convolutions and two dense layers as :class:`SmallCNN`, created in the same
+    order (so that, after the same ``torch.manual_seed``, it starts from the baseline's
+    initialisation), with the anchors ``alpha * I`` as a buffer. As in Miller et al., the
+    ``N`` logits themselves are the point ``z`` of the anchor space (the CAC project notebook
+    of seed 004 adds an ``N x N`` layer; :class:`ood_utils.methods.cac.CACModel` with
+    ``extra_layer=True``). ``embed(x)``: the logits ``(B, N)``; ``forward(x)``: the distances
+    ``(B, N)`` to the anchors. ``anchors_fn``/``distance_fn`` default to
+    :func:`ood_utils.methods.cac.class_anchors`/:func:`ood_utils.methods.cac.anchor_distances`.
+    """
+
+    def __init__(self, num_classes: int, channels: tuple[int, int, int] = (32, 32, 64),
+                 dropout: float = 0.5, alpha: float = DEFAULT_ALPHA, *,
+                 anchors_fn: Callable | None = None, distance_fn: Callable | None = None):
+        super().__init__()
+        from ..methods.cac import anchor_distances, class_anchors
+
+        c1, c2, c3 = (int(c) for c in channels)
+        self.conv1 = nn.Conv2d(1, c1, kernel_size=5)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5)
+        self.conv3 = nn.Conv2d(c2, c3, kernel_size=5)
+        self.hidden = nn.Linear(c3 * 3 * 3, 256)
+        self.logits = nn.Linear(256, num_classes)
+        self.dropout = nn.Dropout(dropout)
+        anchors = (anchors_fn or class_anchors)(num_classes, alpha=alpha)
+        self.register_buffer("anchors", torch.as_tensor(anchors).float())
+        self.distance_fn = distance_fn or anchor_distances
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(F.relu(self.conv1(x)))
+        x = self.dropout(F.relu(F.avg_pool2d(self.conv2(x), 2)))
+        x = self.dropout(F.relu(F.avg_pool2d(self.conv3(x), 2)))
+        x = self.dropout(F.relu(self.hidden(x.flatten(1))))
+        return self.logits(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.distance_fn(self.embed(x), self.anchors)

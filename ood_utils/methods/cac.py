@@ -2,7 +2,8 @@
 
 A classifier over ``N`` known classes is turned into a distance-based open-set recogniser:
 
-* the network's ``N`` logits go through one more ``N x N`` linear layer, giving a point ``z``;
+* the network's ``N`` logits are the point ``z`` in the anchor space (as in the paper; the CAC
+  project notebook of seed 004 adds one more ``N x N`` linear layer, ``extra_layer=True``);
 * every known class ``j`` owns a fixed anchor ``c_j = alpha * e_j`` (:func:`class_anchors`);
 * the network outputs the Euclidean distances ``d_j = ||z - c_j||`` (:func:`anchor_distances`,
   shape ``(B, N)``).
@@ -79,7 +80,7 @@ def anchor_distances(points: torch.Tensor, anchors: torch.Tensor) -> torch.Tenso
 
 
 class CACModel(nn.Module):
-    """A classifier ``cnn`` followed by the CAC layer: ``N x N`` linear map, then distances.
+    """A classifier ``cnn`` followed by the CAC distance layer (optionally an ``N x N`` map first).
 
     Parameters
     ----------
@@ -91,6 +92,9 @@ class CACModel(nn.Module):
         notebook's own implementation).
     distance_fn : ``distance_fn(points, anchors) -> (B, N)``; defaults to
         :func:`anchor_distances`.
+    extra_layer : put one more ``N x N`` linear layer (``to_anchor_space``) between the logits
+        and the anchors, as the CAC project notebook (seed 004) does. ``False``: the logits
+        themselves are the anchor space, as in Miller et al. (notebook 07 uses that).
 
     ``forward(x)`` returns the distances ``(B, N)`` to the anchors; ``embed(x)`` the point
     ``z`` in the anchor space. The anchors are a buffer: saved with the weights, moved with
@@ -99,7 +103,8 @@ class CACModel(nn.Module):
 
     def __init__(self, cnn: nn.Module, num_classes: int, *, alpha: float = DEFAULT_ALPHA,
                  anchors: torch.Tensor | None = None,
-                 distance_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+                 distance_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 extra_layer: bool = True):
         super().__init__()
         self.cnn = cnn
         self.num_classes = int(num_classes)
@@ -110,7 +115,8 @@ class CACModel(nn.Module):
         if anchors.shape != (self.num_classes, self.num_classes):
             raise ValueError(f"anchors must have shape ({self.num_classes}, {self.num_classes}), "
                              f"got {tuple(anchors.shape)}")
-        self.to_anchor_space = nn.Linear(self.num_classes, self.num_classes)
+        self.to_anchor_space = (nn.Linear(self.num_classes, self.num_classes) if extra_layer
+                                else nn.Identity())
         self.register_buffer("anchors", anchors.float())
         self.distance_fn = distance_fn or anchor_distances
 

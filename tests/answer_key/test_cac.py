@@ -1,10 +1,10 @@
 """Answer key of notebook 07 (CAC): correct variants pass, planted mistakes are caught.
 
-For each of the five exercises (anchors, distance layer, CAC loss, open-set prediction, N+1
-confusion matrix) a list of CORRECT implementations a student may write (torch and NumPy,
+For each exercise (anchors, distance layer, the network, CAC loss, training loop, open-set
+prediction, threshold sweep, N+1 confusion matrix) a list of CORRECT implementations a student may write (torch and NumPy,
 loops and vectorised, the seed project's own shapes of code, scikit-learn) and a list of
-PLANTED MISTAKES, each with the words the self-check's message must contain. The seven exercises now include the training loop (``check_cac_training``) and the threshold
-sweep (``check_threshold_sweep``, and the graded ``check_threshold_sweep_results``). Every
+PLANTED MISTAKES, each with the words the self-check's message must contain (the threshold
+sweep also through the graded ``check_threshold_sweep_results``). Every
 correct variant passes its self-check; combinations of them, trained end to end through the
 notebook's pipeline on the real miniclip data (cached baseline), pass the graded check
 ``check_cac_results``. Every mistake fails its self-check with a message that points at it.
@@ -347,6 +347,8 @@ CONFUSION_MISTAKES = [(confusion_transposed, "swapped"), (confusion_unknown_firs
 
 def train_solution(model, loader, epochs, lr, lambda_):
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    total_steps = epochs * len(loader)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - k / total_steps)
     history = []
     model.train()
     for _ in range(epochs):
@@ -356,6 +358,7 @@ def train_solution(model, loader, epochs, lr, lambda_):
             loss = loss_logsumexp(model(x), y, lambda_=lambda_)
             loss.backward()
             optimizer.step()
+            schedule.step()
             total += loss.item() * len(y)
             count += len(y)
         history.append(total / count)
@@ -366,6 +369,9 @@ def train_solution(model, loader, epochs, lr, lambda_):
 def train_seed_style(model, loader, epochs, lr, lambda_):
     # the seed project's train(): enumerate, zero_grad first, criterion(outputs, targets)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # torch's linear schedule from factor 1 to 0 (computed recursively: rounding may differ)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.0,
+                                                  total_iters=epochs * len(loader))
     criterion = loss_logsumexp
     model.train()
     history = []
@@ -377,6 +383,7 @@ def train_seed_style(model, loader, epochs, lr, lambda_):
             loss = criterion(outputs, targets, lambda_=lambda_)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             losses.append(loss.item())
         history.append(sum(losses) / len(losses))  # mean of the batch losses
     model.eval()
@@ -386,12 +393,15 @@ def train_seed_style(model, loader, epochs, lr, lambda_):
 def train_zero_grad_after_step(model, loader, epochs, lr, lambda_):
     opt = torch.optim.Adam(params=list(model.parameters()), lr=lr)
     model.train(True)
-    out = []
+    out, k, total_steps = [], 0, epochs * len(loader)
     for _ in range(epochs):
         running = []
         for x, y in loader:
             loss = loss_one_hot_mask(model(x), y, lambda_)
             loss.backward()
+            for group in opt.param_groups:  # the schedule written by hand
+                group["lr"] = lr * (1 - k / total_steps)
+            k += 1
             opt.step()
             model.zero_grad(set_to_none=True)
             running.append(loss.detach() * len(y))
@@ -405,15 +415,19 @@ TRAIN_CORRECT = [train_solution, train_seed_style, train_zero_grad_after_step]
 
 def _loop(model, loader, epochs, lr, lambda_, *, zero_grad=True, train_first=True, eval_last=True,
           per_epoch_opt=False, opt_cls=torch.optim.Adam, params=None, step=True, loss=None,
-          record="mean"):
+          record="mean", schedule="batch"):
     make = lambda: opt_cls(params(model) if params else model.parameters(), lr=lr)  # noqa: E731
     optimizer = make()
     history = []
+    k, total_steps = 0, epochs * len(loader)
     if train_first:
         model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         if per_epoch_opt:
             optimizer = make()
+        if schedule == "epoch":
+            for group in optimizer.param_groups:
+                group["lr"] = lr * (1 - epoch / epochs)
         total, count, last = 0.0, 0, 0.0
         for x, y in loader:
             if zero_grad:
@@ -421,6 +435,10 @@ def _loop(model, loader, epochs, lr, lambda_, *, zero_grad=True, train_first=Tru
             d = model(x)
             value = loss(d, y) if loss else loss_logsumexp(d, y, lambda_=lambda_)
             value.backward()
+            if schedule == "batch":
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * (1 - k / total_steps)
+                k += 1
             if step:
                 optimizer.step()
             total += value.item() * len(y)
@@ -460,9 +478,8 @@ def train_sgd(model, loader, epochs, lr, lambda_):
     return _loop(model, loader, epochs, lr, lambda_, opt_cls=torch.optim.SGD)
 
 
-def train_only_new_layer(model, loader, epochs, lr, lambda_):
-    return _loop(model, loader, epochs, lr, lambda_,
-                 params=lambda m: m.to_anchor_space.parameters())
+def train_only_output_layer(model, loader, epochs, lr, lambda_):
+    return _loop(model, loader, epochs, lr, lambda_, params=lambda m: m.cnn[-1].parameters())
 
 
 def train_no_step(model, loader, epochs, lr, lambda_):
@@ -477,6 +494,14 @@ def train_last_batch_loss(model, loader, epochs, lr, lambda_):
     return _loop(model, loader, epochs, lr, lambda_, record="last")
 
 
+def train_constant_lr(model, loader, epochs, lr, lambda_):
+    return _loop(model, loader, epochs, lr, lambda_, schedule="none")
+
+
+def train_schedule_per_epoch(model, loader, epochs, lr, lambda_):
+    return _loop(model, loader, epochs, lr, lambda_, schedule="epoch")
+
+
 def train_returns_none(model, loader, epochs, lr, lambda_):
     _loop(model, loader, epochs, lr, lambda_)
 
@@ -486,9 +511,11 @@ TRAIN_MISTAKES = [(train_no_zero_grad, "zero_grad"), (train_no_train_mode, r"mod
                   (train_optimizer_per_epoch, "anew in every epoch"),
                   (train_hard_coded_lr, "learning rate is hard-coded"),
                   (train_hard_coded_lambda, "lambda_ is hard-coded"), (train_sgd, "SGD"),
-                  (train_only_new_layer, "only the new N x N layer"),
+                  (train_only_output_layer, "only the output layer"),
                   (train_no_step, "step"), (train_cross_entropy, "cross-entropy"),
-                  (train_last_batch_loss, "LAST batch"), (train_returns_none, "returned None")]
+                  (train_last_batch_loss, "LAST batch"), (train_returns_none, "returned None"),
+                  (train_constant_lr, "stays constant"),
+                  (train_schedule_per_epoch, "once per epoch")]
 
 # ============================================================================ threshold sweep
 
@@ -581,6 +608,172 @@ ANCHORS_MISTAKES.append((anchors_hard_coded_alpha, "alpha is hard-coded"))
 LOSS_MISTAKES += [(loss_hard_coded_lambda, "lambda_ is hard-coded"),
                   (loss_squared_anchor_term, "d_y squared")]
 
+# ============================================================================ the network
+
+from torch import nn  # noqa: E402
+
+
+class NetModules(cac_experiment.CACNetwork):
+    """The notebook's solution (the answer key's reference class)."""
+
+
+class NetSequential(nn.Module):
+    # SmallCNN's layout: two nn.Sequential blocks with nn.Dropout modules; numpy anchors
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0, *,
+                 anchors_fn=None, distance_fn=None):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 5), nn.ReLU(), nn.Dropout(dropout),
+            nn.Conv2d(c1, c2, 5), nn.AvgPool2d(2), nn.ReLU(), nn.Dropout(dropout),
+            nn.Conv2d(c2, c3, 5), nn.AvgPool2d(2), nn.ReLU(), nn.Dropout(dropout), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(c3 * 9, 256), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(256, num_classes))
+        anchors = (anchors_fn or anchors_numpy)(num_classes, alpha=alpha)
+        self.register_buffer("anchors", torch.as_tensor(np.asarray(anchors)).float())
+        self.distance_fn = distance_fn or dist_broadcast
+
+    def embed(self, x):
+        return self.head(self.features(x))
+
+    def forward(self, x):
+        return self.distance_fn(self.embed(x), self.anchors)
+
+
+class NetSeedStyle(nn.Module):
+    # the seed project's CNN class: F.dropout(training=self.training), view(-1, ...), frozen
+    # nn.Parameter anchors in float64
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.c3, self.p = c3, dropout
+        self.conv1 = nn.Conv2d(1, c1, kernel_size=5)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5)
+        self.conv3 = nn.Conv2d(c2, c3, kernel_size=5)
+        self.fc1 = nn.Linear(3 * 3 * c3, 256)
+        self.fc2 = nn.Linear(256, num_classes)
+        self.anchors = nn.Parameter(anchors_seed_style(num_classes, alpha), requires_grad=False)
+
+    def embed(self, x):
+        x = F.dropout(F.relu(self.conv1(x)), p=self.p, training=self.training)
+        x = F.dropout(F.relu(F.avg_pool2d(self.conv2(x), 2)), p=self.p, training=self.training)
+        x = F.dropout(F.relu(F.avg_pool2d(self.conv3(x), 2)), p=self.p, training=self.training)
+        x = F.relu(self.fc1(x.view(-1, 3 * 3 * self.c3)))
+        return self.fc2(F.dropout(x, p=self.p, training=self.training))
+
+    def forward(self, x):
+        return dist_seed_style(self.embed(x), self.anchors)
+
+
+NETWORK_CORRECT = [NetModules, NetSequential, NetSeedStyle]
+
+
+def _embed_with(pool, relu_first=False, first_dropout=True, eval_dropout=False):
+    def embed(self, x):
+        def block(x, conv, pooled):
+            x = conv(x)
+            if pooled and not relu_first:
+                x = pool(x, 2)
+            x = F.relu(x)
+            if pooled and relu_first:
+                x = pool(x, 2)
+            return x
+        x = block(x, self.conv1, False)
+        if first_dropout:
+            x = F.dropout(x, self.dropout.p, training=True) if eval_dropout else self.dropout(x)
+        x = self.dropout(block(x, self.conv2, True))
+        x = self.dropout(block(x, self.conv3, True))
+        x = self.dropout(F.relu(self.hidden(x.flatten(1))))
+        return self.logits(x)
+    return embed
+
+
+class NetMaxPool(NetModules):
+    embed = _embed_with(F.max_pool2d)
+
+
+class NetReluBeforePool(NetModules):
+    embed = _embed_with(F.avg_pool2d, relu_first=True)
+
+
+class NetMissingDropout(NetModules):
+    embed = _embed_with(F.avg_pool2d, first_dropout=False)
+
+
+class NetDropoutInEval(NetModules):
+    embed = _embed_with(F.avg_pool2d, eval_dropout=True)
+
+
+class NetExtraLayer(NetModules):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__(num_classes, channels, dropout, alpha)
+        self.to_anchor_space = nn.Linear(num_classes, num_classes)
+
+    def embed(self, x):
+        return self.to_anchor_space(super().embed(x))
+
+
+class NetNoHidden(nn.Module):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.conv1 = nn.Conv2d(1, c1, 5)
+        self.conv2 = nn.Conv2d(c1, c2, 5)
+        self.conv3 = nn.Conv2d(c2, c3, 5)
+        self.out = nn.Linear(c3 * 9, num_classes)
+        self.register_buffer("anchors", cac.class_anchors(num_classes, alpha=alpha))
+
+    def embed(self, x):
+        x = F.relu(F.avg_pool2d(self.conv3(F.relu(F.avg_pool2d(self.conv2(F.relu(
+            self.conv1(x))), 2))), 2))
+        return self.out(x.flatten(1))
+
+    def forward(self, x):
+        return cac.anchor_distances(self.embed(x), self.anchors)
+
+
+class NetTrainableAnchors(NetModules):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__(num_classes, channels, dropout, alpha)
+        anchors = self.anchors
+        del self.anchors
+        self.anchors = nn.Parameter(anchors.clone())
+
+
+class NetPlainAttribute(NetModules):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__(num_classes, channels, dropout, alpha)
+        anchors = self.anchors
+        del self.anchors
+        self.anchors = anchors.clone()
+
+
+class NetHardCodedAlpha(NetModules):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__(num_classes, channels, dropout, 10.0)
+
+
+class NetReturnsLogits(NetModules):
+    def forward(self, x):
+        return self.embed(x)
+
+
+class NetOtherOrder(NetModules):
+    def __init__(self, num_classes, channels=(16, 16, 32), dropout=0.5, alpha=10.0):
+        super().__init__(num_classes, channels, dropout, alpha)
+        c1, c2, c3 = channels
+        # the output layer created first: same shapes, another random start
+        self.logits = nn.Linear(256, num_classes)
+        self.hidden = nn.Linear(c3 * 9, 256)
+
+
+NETWORK_MISTAKES = [(NetMaxPool, "max pooling"), (NetReluBeforePool, "ReLU before the pooling"),
+                    (NetMissingDropout, "dropout"), (NetDropoutInEval, "dropout is still on"),
+                    (NetExtraLayer, "extra N x N"), (NetNoHidden, "hidden layer is missing"),
+                    (NetTrainableAnchors, "trainable parameter"),
+                    (NetPlainAttribute, "plain attribute"), (NetHardCodedAlpha, "alpha is hard-coded"),
+                    (NetReturnsLogits, "returns the logits"), (NetOtherOrder, "initial weights")]
+
 # ============================================================================ self-checks
 
 SELF_CHECKS = [
@@ -589,6 +782,7 @@ SELF_CHECKS = [
     (checks.check_cac_loss, LOSS_CORRECT, LOSS_MISTAKES),
     (checks.check_open_set_predict, PREDICT_CORRECT, PREDICT_MISTAKES),
     (checks.check_open_set_confusion, CONFUSION_CORRECT, CONFUSION_MISTAKES),
+    (checks.check_cac_network, NETWORK_CORRECT, NETWORK_MISTAKES),
     (checks.check_cac_training, TRAIN_CORRECT, TRAIN_MISTAKES),
     (checks.check_threshold_sweep, SWEEP_CORRECT, SWEEP_MISTAKES),
 ]
@@ -614,10 +808,16 @@ def test_every_planted_mistake_fails_with_a_pointing_message(check, fn, words):
 # Each run trains the notebook's CAC network end to end (seed 0, as the notebook) with one
 # combination of correct variants; "reference" is the answer key's own code. A run takes
 # about half a minute of CPU (one thread).
+def _sequential_cdist(n, **kw):
+    return NetSequential(n, **kw, anchors_fn=anchors_numpy, distance_fn=dist_cdist)
+
+
 RUNS = {
-    "reference": (cac.class_anchors, cac.anchor_distances, cac.cac_loss, None),
-    "numpy-cdist-mask-zero-grad-after-step": (anchors_numpy, dist_cdist, loss_one_hot_mask,
-                                              train_zero_grad_after_step),
+    "reference": (cac.class_anchors, cac.anchor_distances, cac.cac_loss, None,
+                  cac_experiment.CACNetwork),
+    "sequential-numpy-cdist-mask-zero-grad-after-step": (
+        anchors_numpy, dist_cdist, loss_one_hot_mask, train_zero_grad_after_step,
+        _sequential_cdist),
 }
 
 
@@ -629,11 +829,15 @@ def pipeline():
     return data, blob
 
 
-def _summary(pipeline, anchors_fn, dist_fn, loss_fn, train_fn):
+def _summary(pipeline, anchors_fn, dist_fn, loss_fn, train_fn, build_fn=None):
     data, blob = pipeline
+    if train_fn is None:  # the reference loop with the variant's loss
+        def train_fn(m, ld, e, lr, lm):
+            return cac_experiment.train_cac_whole(m, ld, e, lr, lm, loss_fn)
     model, _ = cac_experiment.train_open_set(
         data, seed=0, profile="miniclip", train_fn=train_fn, loss_fn=loss_fn,
-        anchors=anchors_fn(data.num_classes, alpha=10.0), distance_fn=dist_fn, baseline=blob)
+        anchors=torch.as_tensor(np.asarray(anchors_fn(data.num_classes, alpha=10.0))),
+        distance_fn=dist_fn, baseline=blob, build_fn=build_fn)
     dist = cac_experiment.open_set_distances(model, data)
     return cac.open_set_summary(dist["val"], dist["test"], data.test_y, dist["unknown"]), dist
 

@@ -358,30 +358,41 @@ def _cac_toy_problem(seed: int):
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
                               torch.nn.Dropout(0.3), torch.nn.Linear(8, 3))
-    model = CACModel(net, 3).double().eval()  # starts in eval mode: the loop must switch
+    model = CACModel(net, 3, extra_layer=False).double().eval()  # in eval mode: the loop must switch
     return model, TensorBatches(x, y, batch_size=16)
 
 
 def _cac_train_variant(model, loader, epochs, lr, lambda_, *, zero_grad=True, train_mode=True,
                        optimiser_per_epoch=False, optimiser="adam", params="all", step=True,
-                       loss="cac"):
+                       loss="cac", schedule="batch"):
     """The reference training loop, or one of its typical mistakes (see check_cac_training)."""
     from ...methods.cac import cac_loss
 
     def make():
-        chosen = {"all": model.parameters(), "layer": model.to_anchor_space.parameters(),
-                  "cnn": model.cnn.parameters()}[params]
+        chosen = {"all": model.parameters(), "layer": model.cnn[-1].parameters(),
+                  "trunk": model.cnn[:-1].parameters()}[params]
         if optimiser == "sgd":
             return torch.optim.SGD(chosen, lr=lr)
         return torch.optim.Adam(chosen, lr=lr)
+
+    total_steps = epochs * len(loader)
+    done = 0
+
+    def set_lr():  # lr * (1 - k / K) before update k (batch) or before epoch k (epoch)
+        k = done if schedule == "batch" else done * len(loader)
+        for group in opt.param_groups:
+            group["lr"] = lr * (1 - k / total_steps)
 
     opt = make()
     batch_losses, history = [], []
     if train_mode:
         model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         if optimiser_per_epoch:
             opt = make()
+        if schedule == "epoch":
+            done = epoch
+            set_lr()
         total, count, losses = 0.0, 0, []
         for x, y in loader:
             if zero_grad:
@@ -390,8 +401,12 @@ def _cac_train_variant(model, loader, epochs, lr, lambda_, *, zero_grad=True, tr
             value = (cac_loss(d, y, lambda_=lambda_) if loss == "cac"
                      else torch.nn.functional.cross_entropy(d, y))
             value.backward()
+            if schedule == "batch":
+                set_lr()
             if step:
                 opt.step()
+            if schedule == "batch":
+                done += 1
             total += value.item() * len(y)
             count += len(y)
             losses.append(value.item())
@@ -413,7 +428,8 @@ def check_cac_training(student_fn: Callable) -> None:
     trained weights, the returned per-epoch losses and the mode the model is left in. When the
     weights differ, the loop is compared with typical mistakes (no ``zero_grad``, no
     ``model.train()``, a new optimiser every epoch, a hard-coded learning rate or lambda, SGD,
-    part of the network only, no ``step``, cross-entropy on the distances) and the message
+    part of the network only, no ``step``, cross-entropy on the distances, a constant learning
+    rate or a schedule stepped per epoch) and the message
     names the one that matches.
     """
     __tracebackhide__ = True
@@ -450,12 +466,17 @@ def check_cac_training(student_fn: Callable) -> None:
                 "(cac_loss_exercise(distances, y, lambda_=lambda_))": dict(lam_override=0.1),
                 "plain SGD instead of Adam: use torch.optim.Adam(model.parameters(), lr=lr)":
                     dict(optimiser="sgd"),
-                "only the new N x N layer is trained: give the optimiser model.parameters() "
+                "only the output layer is trained: give the optimiser model.parameters() "
                 "so that the WHOLE network learns": dict(params="layer"),
-                "the N x N layer is not trained: give the optimiser model.parameters() (the "
-                "whole network)": dict(params="cnn"),
+                "the output layer is not trained: give the optimiser model.parameters() (the "
+                "whole network)": dict(params="trunk"),
                 "the loss is cross-entropy on the distances: train with your CAC loss, "
                 "cac_loss_exercise(model(x), y, lambda_=lambda_)": dict(loss="ce"),
+                "the learning rate stays constant: lower it linearly to 0 over the "
+                "epochs * len(loader) batches, one scheduler step after every optimiser step":
+                    dict(schedule="none"),
+                "the schedule steps once per epoch: step it after every batch, so that the "
+                "learning rate falls over epochs * len(loader) steps": dict(schedule="epoch"),
             }
             for hint, kw in mistakes.items():
                 m = copy.deepcopy(start)
@@ -469,7 +490,8 @@ def check_cac_training(student_fn: Callable) -> None:
                 f"{name}: the trained weights differ from the reference loop's ({case}). "
                 "Check: one Adam optimiser over model.parameters() with lr, created before the "
                 "loop; model.train() first; for every batch zero_grad, distances = model(x), "
-                "your cac_loss_exercise(distances, y, lambda_=lambda_), backward, step; no "
+                "your cac_loss_exercise(distances, y, lambda_=lambda_), backward, step, "
+                "then the learning-rate schedule's step; no "
                 "extra random numbers (no torch.manual_seed, no second pass over the loader)")
         if model.training:
             _hidden_assert(f"{name} left the model in training mode ({case}): call "
@@ -615,6 +637,183 @@ def check_threshold_sweep_results(tprs, known_accepted, unknown_rejected, dist_v
             _hidden_assert(f"sweep: {label} {np.round(got, 2).tolist()} differs from the "
                            f"reference {np.round(want, 2).tolist()} on the same distances")
     print(f"sweep: {len(t)} thresholds agree with the reference on the same distances")
+
+
+# --- CAC: the network (notebook 07) ---
+
+def _cnn_variant(n: int, channels, dropout: float, *, pool="avg", relu_first=False,
+                 hidden=True, extra_layer=False):
+    """:class:`SmallCNN`'s architecture, or one of its typical mistakes (see check_cac_network)."""
+    from torch import nn
+
+    c1, c2, c3 = channels
+    pool_layer = nn.AvgPool2d if pool == "avg" else nn.MaxPool2d
+
+    def block(cin, cout, pooled):
+        conv = nn.Conv2d(cin, cout, kernel_size=5)
+        if not pooled:
+            return [conv, nn.ReLU(), nn.Dropout(dropout)]
+        if relu_first:
+            return [conv, nn.ReLU(), pool_layer(2), nn.Dropout(dropout)]
+        return [conv, pool_layer(2), nn.ReLU(), nn.Dropout(dropout)]
+
+    layers = block(1, c1, False) + block(c1, c2, True) + block(c2, c3, True) + [nn.Flatten()]
+    if hidden:
+        layers += [nn.Linear(c3 * 9, 256), nn.ReLU(), nn.Dropout(dropout), nn.Linear(256, n)]
+    else:
+        layers += [nn.Linear(c3 * 9, n)]
+    if extra_layer:
+        layers += [nn.Linear(n, n)]
+    return nn.Sequential(*layers)
+
+
+def _trainable(module) -> list:
+    return [q for q in module.parameters() if q.requires_grad]
+
+
+@compares_with('course.cac_experiment:CACNetwork', 'course.cac_experiment:SmallCNN')
+def check_cac_network(student_fn: Callable) -> None:
+    """Self-check of the class ``CACNetworkExercise(num_classes, channels, dropout, alpha)`` (notebook 07).
+
+    Builds the student's network and :class:`ood_utils.course.cac_experiment.SmallCNN` after the same
+    ``torch.manual_seed`` and compares: the trainable parameters (same shapes, same order, same
+    initial values, so that the CAC network starts where the baseline starts), the anchors (a
+    buffer or a frozen parameter equal to ``alpha * I``), ``embed(x)`` against the CNN's logits
+    in evaluation mode (twice: dropout must be off) and in training mode (the same dropout
+    masks), and ``forward(x)`` against the distances to the anchors. Names the typical
+    mistakes: an extra ``N x N`` layer, a missing hidden layer, max pooling, ReLU before the
+    pooling, trainable or hard-coded anchors, dropout left on in evaluation, logits instead of
+    distances.
+    """
+    __tracebackhide__ = True
+    from torch import nn
+
+    from ...course.cac_experiment import SmallCNN
+    from ...methods.cac import anchor_distances, class_anchors
+
+    _require_callable(student_fn)
+    name = getattr(student_fn, "__name__", "your network")
+    for seed, n, channels, dropout, alpha in ((0, 6, (4, 4, 8), 0.5, 10.0),
+                                              (1, 3, (3, 5, 6), 0.3, 2.5)):
+        case = f"num_classes={n}, channels={channels}, dropout={dropout}, alpha={alpha:g}"
+        torch.manual_seed(seed)
+        ref = SmallCNN(n, channels=channels, dropout=dropout)
+        torch.manual_seed(seed)
+        try:
+            net = student_fn(n, channels=channels, dropout=dropout, alpha=alpha)
+        except TypeError as err:
+            _hidden_assert(f"{name}({case}) failed: {err}; keep the signature "
+                           "(num_classes, channels, dropout, alpha=10.0)")
+        if not isinstance(net, nn.Module):
+            _hidden_assert(f"{name} must be a torch.nn.Module subclass (call super().__init__())")
+        got_shapes = [tuple(q.shape) for q in _trainable(net)]
+        want_shapes = [tuple(q.shape) for q in ref.parameters()]
+        if got_shapes != want_shapes:
+            variants = {
+                "an extra N x N linear layer after the logits: in the paper (and here) the "
+                "logit layer itself is the anchor space; that layer came from a student "
+                "project": dict(extra_layer=True),
+                "the 256-unit hidden layer is missing: flatten, Linear(c3 * 3 * 3, 256), ReLU, "
+                "dropout, then Linear(256, num_classes)": dict(hidden=False),
+            }
+            for hint, kw in variants.items():
+                if got_shapes == [tuple(q.shape) for q in
+                                  _cnn_variant(n, channels, dropout, **kw).parameters()]:
+                    _hidden_assert(f"{name}: {hint} ({case})")
+            if any(s == (n, n) for s in got_shapes) and len(got_shapes) == len(want_shapes) + 1:
+                _hidden_assert(f"{name}: the anchors are a trainable parameter: store them with "
+                               "register_buffer (or nn.Parameter(..., requires_grad=False)), "
+                               f"they must stay fixed ({case})")
+            _hidden_assert(f"{name}: its trainable parameters have shapes {got_shapes}, the "
+                           f"course's CNN {want_shapes} ({case}); three 5 x 5 convolutions "
+                           "(1 -> c1 -> c2 -> c3), Linear(c3 * 3 * 3, 256), "
+                           "Linear(256, num_classes), nothing else trainable")
+        if not all(torch.equal(a.detach(), b.detach()) for a, b in
+                   zip(_trainable(net), ref.parameters())):
+            _hidden_assert(f"{name}: after the same torch.manual_seed its initial weights differ "
+                           f"from the course CNN's ({case}): create the layers in the order "
+                           "they are used (conv1, conv2, conv3, hidden, output) and draw no other "
+                           "random numbers in __init__, so that CAC starts where the baseline "
+                           "starts")
+        anchors = getattr(net, "anchors", None)
+        if not isinstance(anchors, torch.Tensor):
+            _hidden_assert(f"{name} has no tensor attribute `anchors` ({case}): store the "
+                           "anchors of class_anchors_exercise(num_classes, alpha) on the module")
+        buffers = dict(net.named_buffers())
+        frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
+        if not any(v is anchors for v in list(buffers.values()) + list(frozen.values())):
+            _hidden_assert(f"{name}: `anchors` is a plain attribute ({case}); register it "
+                           "(self.register_buffer('anchors', ...)) so that it is saved with the "
+                           "weights and moves with .to(device)")
+        want_anchors = class_anchors(n, alpha=alpha)
+        if not _close(anchors.detach().double().numpy(), want_anchors.numpy(), 1e-6, 1e-6):
+            hint = ("alpha is hard-coded: pass the `alpha` argument to class_anchors_exercise"
+                    if alpha != 10 and _close(anchors.detach().double().numpy(),
+                                              10 * np.eye(n), 1e-6, 1e-6)
+                    else "the anchors are not alpha * I (use class_anchors_exercise)")
+            _hidden_assert(f"{name}: {hint} ({case})")
+        x = torch.randn(5, 1, 28, 28, generator=_gen(950 + seed))
+        embed = getattr(net, "embed", None)
+        if not callable(embed):
+            _hidden_assert(f"{name} has no method embed(x) returning the logits ({case})")
+        net.eval()
+        ref.eval()
+        with torch.no_grad():
+            z1, z2, want = embed(x), embed(x), ref(x)
+            forward = net(x)
+        got = _cac_array(_tensor_result(z1, f"{name}.embed", "(B, N) logits", case),
+                         f"{name}.embed", "(B, N) logits")
+        if got.shape != tuple(want.shape):
+            _hidden_assert(f"{name}.embed returned shape {got.shape}, expected "
+                           f"{tuple(want.shape)} ({case})")
+        if not _close(got, want.double().numpy(), 1e-4, 1e-5):
+            if not _close(z1.double().numpy(), z2.double().numpy(), 1e-6, 1e-7):
+                _hidden_assert(f"{name}.embed: two calls in evaluation mode give different "
+                               f"logits ({case}): dropout is still on; use nn.Dropout "
+                               "modules, or F.dropout(x, p, training=self.training)")
+            variants = {"max pooling instead of average pooling (nn.AvgPool2d(2))":
+                            dict(pool="max"),
+                        "ReLU before the pooling: the course CNN (like the source) pools "
+                        "the convolution's output, then applies ReLU": dict(relu_first=True)}
+            for hint, kw in variants.items():
+                var = _cnn_variant(n, channels, dropout, **kw).eval()
+                with torch.no_grad():
+                    for q, v in zip(var.parameters(), ref.parameters()):
+                        q.copy_(v)
+                    if _close(got, var(x).double().numpy(), 1e-4, 1e-5):
+                        _hidden_assert(f"{name}.embed: {hint} ({case})")
+            _hidden_assert(f"{name}.embed(x) differs from the course CNN's logits in "
+                           f"evaluation mode ({case}); check the order conv -> pool -> "
+                           "ReLU -> dropout, the ReLU after every convolution and after the "
+                           "hidden layer, and that embed returns the last layer's output")
+        dist = _cac_array(_tensor_result(forward, name, "(B, N) distances", case), name,
+                          "(B, N) distances")
+        want_d = anchor_distances(want.double(), want_anchors).numpy()
+        if not _close(dist, want_d, 1e-4, 1e-4):
+            hint = ("forward returns the logits: return the distances of embed(x) to the "
+                    "anchors (anchor_distances_exercise)"
+                    if _close(dist, want.double().numpy(), 1e-4, 1e-5) else
+                    "forward(x) is not the distance of embed(x) to every anchor")
+            _hidden_assert(f"{name}: {hint} ({case})")
+        plain = _cnn_variant(n, channels, dropout)  # SmallCNN in the default memory format,
+        with torch.no_grad():                      # whose dropout masks a plain module shares
+            for q, v in zip(plain.parameters(), ref.parameters()):
+                q.copy_(v)
+        net.train()
+        plain.train()
+        torch.manual_seed(77 + seed)
+        got_t = embed(x)
+        torch.manual_seed(77 + seed)
+        want_t = plain(x)
+        if not _close(got_t.detach().double().numpy(), want_t.detach().double().numpy(),
+                      1e-4, 1e-5):
+            _hidden_assert(f"{name}.embed in training mode differs from the course CNN "
+                           f"({case}): dropout (p = the `dropout` argument) belongs after each "
+                           "of the four ReLUs, as in the baseline printed above")
+        net.eval()
+    _passed(name)
+
+
 
 
 __all__ = [name for name in dir() if name.startswith("check_")]
