@@ -10,14 +10,15 @@ PROFILE ?= miniclip
 TEST_WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
-.PHONY: setup data course test answer-key test-nbgrader lab features release clean-cache help
+.PHONY: setup data course test answer-key test-nbgrader test-browser lab lab-instructor features release clean-cache help
 
 help:
 	@echo "make course   set up .venv, install the data, run every notebook, print the results table"
 	@echo "make test     set up, then run the unit tests and every notebook under nbval"
 	@echo "make answer-key  run every correct variant and planted mistake against the checks (slow)"
 	@echo "make test-nbgrader  grade 02/05 with real nbgrader (own venv .venv-nbgrader); no stderr in graded cells"
-	@echo "make lab      open JupyterLab on notebooks/"
+	@echo "make lab      release the notebooks into student/ and open JupyterLab there"
+	@echo "make lab-instructor  open JupyterLab on notebooks/ (the instructor copies, with solutions)"
 	@echo "make release  write student copies of the notebooks to release/"
 	@echo "PROFILE=clip make course   the original CIFAR-100/CIFAR-10 setup (needs internet and a GPU)"
 
@@ -85,8 +86,14 @@ test-nbgrader: data
 	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest -n $(TEST_WORKERS) \
 		--dist loadscope tests/nbgrader/nbgrader_suite.py tests/nbgrader/stderr_suite.py
 
+# The student folder student/ (released copies; never overwrites a notebook the student
+# changed) in JupyterLab on 127.0.0.1 with a token: python -m ood_utils lab --help
 lab: data
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/python -m ood_utils lab
+
+# The instructor copies (notebooks/, with the solutions in them)
+lab-instructor: data
+	$(BIN)/python -m ood_utils lab --instructor
 
 release: setup
 	$(BIN)/python -m ood_utils release --out release

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(p)
     p.set_defaults(func=cmd_download)
 
-    for name, module in (("release", "release"), ("grade", "grading")):
+    for name, module in (("release", "release"), ("grade", "grading"), ("lab", "workspace")):
         mod = importlib.import_module(f".{module}", __package__)  # a broken module fails loudly
         helptext = (mod.__doc__ or name).strip().splitlines()[0]
         p = sub.add_parser(name, help=helptext, description=mod.__doc__,

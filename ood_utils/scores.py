@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import progress_bar as tqdm  # a widget in JupyterLab, stdout lines in other kernels
 
 from ._arrays import as_kind, check_array, check_labels, check_same_dim, is_tensor, to_tensor
 from ._threads import one_cpu_thread
