@@ -348,7 +348,12 @@ def test_solved_notebook_runs_clean_in_jupyterlab(stem, lab, page):
 @pytest.mark.parametrize("stem", NOTEBOOKS)
 def test_blank_copy_stops_at_the_first_exercise(stem, lab, page):
     instructor = _instructor(stem)
-    first = exercise_cells(instructor)[0]
+    exercises = exercise_cells(instructor)
+    # the first exercise raises where its code first runs: the exercise cell itself when it
+    # has code at the top level, else the first check cell after it that calls it
+    first = next(i for i in [exercises[0]] + check_cells(instructor) if i >= exercises[0]
+                 and (i == exercises[0] and not re.search(r"^def ", instructor.cells[i].source,
+                                                          re.M) or i > exercises[0]))
     open_notebook(page, lab, f"blank/{stem}.ipynb", len(instructor.cells))
     seconds = run_all_and_wait(page)
     print(f"{stem}: Run All of the blank copy took {seconds:.0f} s")
@@ -362,7 +367,8 @@ def test_blank_copy_stops_at_the_first_exercise(stem, lab, page):
             assert c.execution_count is not None and not errors, (stem, i, errors)
             assert not _stream(c, "stderr"), (stem, i, _stream(c, "stderr"))
         elif i == first:
-            assert [(e.ename, e.evalue) for e in errors] == [("NotImplementedError", RAISE_TEXT)]
+            assert [(e.ename, e.evalue) for e in errors] == \
+                [("NotImplementedError", RAISE_TEXT)], (stem, i, errors)
         else:
             assert c.execution_count is None and not c.outputs, f"{stem}: cell {i} ran"
     text = cell(page, first).locator(".jp-OutputArea").inner_text()
