@@ -55,10 +55,7 @@ WRONG = {
         "values[:, k - 1])", "values[:, 0])",
         {"knn_selfcheck"}),
     "03_msp": (  # the sweep multiplies by the temperature instead of dividing
-        "metrics.auroc(msp_exercise(cos_in / t),\n"
-        "                                                            msp_exercise(cos_out / t))",
-        "metrics.auroc(msp_exercise(cos_in * t),\n"
-        "                                                            msp_exercise(cos_out * t))",
+        "metrics.auroc(msp_exercise(cos_in / t),", "metrics.auroc(msp_exercise(cos_in * t),",
         {"msp_sweep_selfcheck", "msp_sweep_auroc"}),
     "04_plp": (  # the probe's minimum softmax probability instead of the maximum
         "msp = logits.softmax(dim=1).max(dim=1).values",
@@ -167,22 +164,22 @@ def recipe(tmp_path_factory):
     home = tmp_path_factory.mktemp("class") / "home"
     home.mkdir()
     py = ROOT / ".venv" / "bin" / "python"
-    lines = ["set -eo pipefail", f"cd {ROOT}", "echo '== step 1'", steps[1],
-             "echo '== step 2'", steps[2]]
+    lines = ["set -eo pipefail", f"cd {ROOT}", 'echo "== step 1 $(date +%s)"', steps[1],
+             'echo "== step 2 $(date +%s)"', steps[2]]
     for n, stem in enumerate(NOTEBOOKS):
-        lines += [f"echo '== step 3 {stem}'", steps[3].replace("02_knn", stem)]
+        lines += [f'echo "== step 3 {stem} $(date +%s)"', steps[3].replace("02_knn", stem)]
         for student, wrong in ((f"{stem}-good", False), (f"{stem}-wrong", True)):
             def mine(block, student=student, stem=stem):
                 return block.replace("02_knn", stem).replace("alice", student)
-            lines += [f"echo '== step 4 {student}'", mine(steps[4]),
-                      f"echo '== {student} works'",
+            lines += [f'echo "== step 4 {student} $(date +%s)"', mine(steps[4]),
+                      f'echo "== {student} works $(date +%s)"',
                       f"{py} {Path(__file__).resolve()} {home / student / stem / (stem + '.ipynb')}"
                       f" {stem} {int(wrong)}"]
             if n == 0:
-                lines += [f"echo '== step 5 {student}'", mine(steps[5])]
-            lines += [f"echo '== step 6 {student}'", mine(steps[6])]
-        lines += [f"echo '== step 7 {stem}'", steps[7].replace("02_knn", stem)]
-    lines += ["echo '== step 8'", steps[8]]
+                lines += [f'echo "== step 5 {student} $(date +%s)"', mine(steps[5])]
+            lines += [f'echo "== step 6 {student} $(date +%s)"', mine(steps[6])]
+        lines += [f'echo "== step 7 {stem} $(date +%s)"', steps[7].replace("02_knn", stem)]
+    lines += ['echo "== step 8 $(date +%s)"', steps[8]]
     script = home.parent / "recipe.sh"
     script.write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items()
@@ -197,6 +194,9 @@ def recipe(tmp_path_factory):
                                   f"log {home.parent / 'recipe.log'}\n{proc.stdout[-3000:]}\n"
                                   f"{proc.stderr[-3000:]}")
     print(f"README's nbgrader recipe for {NOTEBOOKS}: {seconds:.0f} s")
+    marks = re.findall(r"^== (.*) (\d+)$", proc.stdout, re.M)
+    spans = [(label, int(b) - int(a)) for (label, a), (_, b) in zip(marks, marks[1:])]
+    print("slowest steps (s):", sorted(spans, key=lambda x: -x[1])[:8])
     course = home / "ood-course"
     gb = subprocess.run([NBGRADER_VENV / "bin" / "python", "-c", GRADEBOOK], cwd=course,
                         capture_output=True, text=True, check=True)
