@@ -1,4 +1,4 @@
-"""README's "Grading with nbgrader" recipe for a class (``make test-nbgrader``, ``make test-nbgrader-class``).
+"""README's "Grading with nbgrader" recipe for a class: ``make test-nbgrader(-class)``.
 
 Not collected by ``make test``. The bash blocks of README's numbered steps (1-8) are taken
 from README.md and run as written, in one bash process, from an empty ``HOME`` (a temporary
