@@ -111,7 +111,7 @@ test-browser: data
 			echo "error: chromium is missing: apt-get install chromium (or set OOD_CHROMIUM)"; exit 1; \
 		fi; \
 	fi
-	$(ONE_THREAD) $(BIN)/python -m pytest -s --durations=20 tests/browser/browser_suite.py
+	PYTHONUNBUFFERED=1 $(ONE_THREAD) $(BIN)/python -m pytest -s --durations=20 tests/browser/browser_suite.py
 
 # The student folder student/ (released copies; never overwrites a notebook the student
 # changed) in JupyterLab on 127.0.0.1 with a token: python -m ood_utils lab --help
