@@ -179,7 +179,7 @@ def recipe(tmp_path_factory):
                 lines += [f'echo "== step 5 {student} $(date +%s)"', mine(steps[5])]
             lines += [f'echo "== step 6 {student} $(date +%s)"', mine(steps[6])]
         lines += [f'echo "== step 7 {stem} $(date +%s)"', steps[7].replace("02_knn", stem)]
-    lines += ['echo "== step 8 $(date +%s)"', steps[8]]
+    lines += ['echo "== step 8 $(date +%s)"', steps[8], 'echo "== end $(date +%s)"']
     script = home.parent / "recipe.sh"
     script.write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items()
