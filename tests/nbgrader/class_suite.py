@@ -5,12 +5,11 @@ from README.md and run as written, in one bash process, from an empty ``HOME`` (
 folder), with the course checkout as the starting folder:
 
 * steps 1 and 2 once (nbgrader's venv ``.venv-nbgrader`` is reused when it holds 0.9.6);
-* for each notebook of :data:`NOTEBOOKS` (``$OOD_CLASS_NOTEBOOKS``, comma-separated stems): step 3
-  with ``02_knn`` replaced by the notebook, then for each of two students steps 4, the
+* for each notebook of :data:`NOTEBOOKS` (``$OOD_CLASS_NOTEBOOKS``, comma-separated stems):
+  step 3 with ``02_knn`` replaced by the notebook, then for each of two students steps 4, the
   student's work (this suite writes the fetched notebook: :func:`student_notebook`), 5 (only
   for :data:`VALIDATE`, 02 when selected: ``validate`` runs the whole notebook) and 6, with
-  ``alice``
-  replaced by the student; then step 7;
+  ``alice`` replaced by the student; then step 7;
 * step 8 once: the course's grader on the same ``submitted/`` folder.
 
 The students of each notebook: ``<stem>-good`` pastes the instructor's solution into every
