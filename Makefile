@@ -10,14 +10,17 @@ PROFILE ?= miniclip
 TEST_WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
-.PHONY: setup data course test answer-key test-nbgrader lab features release clean-cache help
+.PHONY: setup data course test answer-key test-nbgrader test-nbgrader-class test-browser lab lab-instructor features release clean-cache help
 
 help:
 	@echo "make course   set up .venv, install the data, run every notebook, print the results table"
 	@echo "make test     set up, then run the unit tests and every notebook under nbval"
 	@echo "make answer-key  run every correct variant and planted mistake against the checks (slow)"
-	@echo "make test-nbgrader  grade 02/05 with real nbgrader (own venv .venv-nbgrader); no stderr in graded cells"
-	@echo "make lab      open JupyterLab on notebooks/"
+	@echo "make test-nbgrader  README's nbgrader recipe for 00-03 (own venv .venv-nbgrader), edge cases on 02/05, no stderr in any cell"
+	@echo "make test-nbgrader-class  README's nbgrader recipe for 04-07"
+	@echo "make test-browser  JupyterLab in headless Chromium: every graded notebook solved and run through the page"
+	@echo "make lab      release the notebooks into student/ and open JupyterLab there"
+	@echo "make lab-instructor  open JupyterLab on notebooks/ (the instructor copies, with solutions)"
 	@echo "make release  write student copies of the notebooks to release/"
 	@echo "PROFILE=clip make course   the original CIFAR-100/CIFAR-10 setup (needs internet and a GPU)"
 
@@ -77,16 +80,47 @@ answer-key: data
 	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) \
 		--dist loadscope tests/answer_key
 
-# nbgrader 0.9.6 in its own venv (.venv-nbgrader, reused), a kernelspec for .venv, and
-# generate_assignment / validate / autograde on 02 and 05 (OOD_NBGRADER_NOTEBOOKS=...):
-# tests/nbgrader/nbgrader_suite.py; beside it, every notebook's graded cells checked for
-# stderr: tests/nbgrader/stderr_suite.py
+# nbgrader 0.9.6 in its own venv (.venv-nbgrader, reused), a kernelspec for .venv.
+# test-nbgrader: README's "Grading with nbgrader" steps as written for 00-03, two students
+# each, scores compared with the course's grader (tests/nbgrader/class_suite.py); the
+# edge cases on 02 and 05 (edited, deleted checks, warnings: tests/nbgrader/nbgrader_suite.py);
+# every cell of every notebook free of stderr, 01 and 07 also on a cold cache
+# (tests/nbgrader/stderr_suite.py). test-nbgrader-class: the recipe for 04-07.
+CLASS_1 ?= 00_tiny_clip,01_features,02_knn,03_msp
+CLASS_2 ?= 04_plp,05_mahalanobis,06_kmeans,07_cac_osr
 test-nbgrader: data
-	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest -n $(TEST_WORKERS) \
-		--dist loadscope tests/nbgrader/nbgrader_suite.py tests/nbgrader/stderr_suite.py
+	OOD_CLASS_NOTEBOOKS=$(CLASS_1) OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) \
+		$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=5 \
+		tests/nbgrader/class_suite.py tests/nbgrader/nbgrader_suite.py tests/nbgrader/stderr_suite.py
 
+test-nbgrader-class: data
+	OOD_CLASS_NOTEBOOKS=$(CLASS_2) OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) \
+		$(BIN)/python -m pytest --durations=5 tests/nbgrader/class_suite.py
+
+# JupyterLab in headless Chromium (Debian's chromium, installed here when root), Playwright
+# driving it: every graded notebook solved through the page and Run All, then a blank copy
+# (tests/browser/browser_suite.py; OOD_BROWSER_NOTEBOOKS=02_knn for one). Screenshots in
+# build/browser-screenshots/.
+test-browser: data
+	@if ! command -v chromium >/dev/null 2>&1 && [ -z "$$OOD_CHROMIUM" ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing Debian's chromium (the browser test's browser) ..."; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+		else \
+			echo "error: chromium is missing: apt-get install chromium (or set OOD_CHROMIUM)"; exit 1; \
+		fi; \
+	fi
+	PYTHONUNBUFFERED=1 $(ONE_THREAD) $(BIN)/python -m pytest -s --durations=20 tests/browser/browser_suite.py
+
+# The student folder student/ (released copies; never overwrites a notebook the student
+# changed) in JupyterLab on 127.0.0.1 with a token: python -m ood_utils lab --help
 lab: data
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/python -m ood_utils lab
+
+# The instructor copies (notebooks/, with the solutions in them)
+lab-instructor: data
+	$(BIN)/python -m ood_utils lab --instructor
 
 release: setup
 	$(BIN)/python -m ood_utils release --out release

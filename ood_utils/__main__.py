@@ -150,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(p)
     p.set_defaults(func=cmd_download)
 
-    for name, module in (("release", "release"), ("grade", "grading")):
-        mod = importlib.import_module(f".grader.{module}", __package__)  # a broken module fails loudly
+    for name, module in (("release", "grader.release"), ("grade", "grader.grading"),
+                         ("lab", "workspace")):
+        mod = importlib.import_module(f".{module}", __package__)  # a broken module fails loudly
         helptext = (mod.__doc__ or name).strip().splitlines()[0]
         p = sub.add_parser(name, help=helptext, description=mod.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

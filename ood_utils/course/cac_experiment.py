@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ..methods.progress import progress_bar as tqdm  # a widget in JupyterLab, stdout lines in other kernels
 
 from . import data as datasets
 from ..methods.cac import DEFAULT_ALPHA, DEFAULT_LAMBDA, CACModel, cac_loss

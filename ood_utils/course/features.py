@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from ..methods.progress import progress_bar as tqdm  # a widget in JupyterLab, stdout lines in other kernels
 
 from ._io import atomic_write, atomic_write_text, folder_lock
 from .. import __version__

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ..methods.progress import progress_bar as tqdm  # a widget in JupyterLab, stdout lines in other kernels
 
 from ._io import atomic_write
 from .data import load_fashion_mnist

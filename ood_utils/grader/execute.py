@@ -342,7 +342,7 @@ async def _execute_async(nb, cwd, env, cell_timeout, timeout, allow_errors, kern
                   if c.cell_type == "code" and cell_source(c).strip()]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..methods.progress import progress_bar as tqdm
         bar = tqdm(total=len(code_cells), unit="cell",
                    desc=progress if isinstance(progress, str) else "cells")
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import progress_bar as tqdm  # a widget in JupyterLab, stdout lines in other kernels
 
 from ._arrays import check_array, check_labels, check_same_dim, to_tensor
 from ._common import _back, _device_of, _feature_tensor, _positive_int
