@@ -54,7 +54,9 @@ import nbformat
 from ..course._io import atomic_write_text
 from ..course.cells import cell_source, is_graded_part, is_locked, nbgrader_meta
 from ..course.profiles import PROFILES, notebooks_dir
+from .course_parts import verdict_for
 from .sandbox import NOT_PROTECTED, UID_BASE, Limits, limit_note, parse_size
+from .verdicts import KernelReported, Outcome
 
 __all__ = ["COLUMNS", "SandboxUnavailable", "Submission", "find_submissions", "match_submission", "graded_parts",
            "restore_locked_cells", "grade_notebook", "grade_submissions", "write_grades_csv",
@@ -306,10 +308,69 @@ def _stub(finding) -> str:
             + ")\n")
 
 
+def judge_part(verdict, exchange_dir, run_code, box, profile, seed_shift, private_dir
+               ) -> Outcome:
+    """The grader's verdict on one part, from plain data the kernel hands over."""
+    from .exchange import Exchange, KernelFailure
+    from .execute import GraderStepFailed
+    from .verdicts import Context
+
+    def run(code):
+        try:
+            run_code(code)
+        except GraderStepFailed as err:
+            raise KernelFailure(f"the kernel stopped during the grader's step ({err})") from None
+
+    exchange = Exchange(Path(exchange_dir) / f"part{len(list(Path(exchange_dir).iterdir())):02d}",
+                        run, give=(box.give if box is not None else None))
+    exchange.folder.mkdir(mode=0o755)
+    exchange.kernel_folder = exchange.folder
+    ctx = Context(exchange, profile, seed_shift,
+                  references=_ReferenceStore(Path(private_dir) / "references"
+                                             if private_dir else None))
+    try:
+        return verdict.judge(ctx)
+    except Exception as err:  # noqa: BLE001 - a bug of the grader: no points, say so
+        return Outcome.fail("grader", f"grader error: {type(err).__name__}: {err}")
+
+
+class _ReferenceStore(dict):
+    """Reference score vectors, kept in the grader's private folder for the whole run."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def _path(self, key):
+        return self.folder / ("-".join(map(str, key)) + ".npz")
+
+    def __contains__(self, key):
+        if dict.__contains__(self, key):
+            return True
+        if self.folder is not None and self._path(key).is_file():
+            import numpy as np
+            with np.load(self._path(key), allow_pickle=False) as z:
+                dict.__setitem__(self, key, (z["a"], z["b"]))
+            return True
+        return False
+
+    def __setitem__(self, key, value):
+        import numpy as np
+        import torch
+        value = tuple(torch.as_tensor(v).detach().double().cpu().numpy() for v in value)
+        dict.__setitem__(self, key, value)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self._path(key).with_suffix(f".tmp{os.getpid()}.npz")
+            np.savez(tmp, a=value[0], b=value[1])
+            os.replace(tmp, self._path(key))
+
+
 def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_CELL_TIMEOUT,
                    timeout=DEFAULT_TIMEOUT, max_output_chars=DEFAULT_MAX_OUTPUT_CHARS,
                    jobs=1, sandbox: bool = False, limits: Limits | None = None,
-                   hidden=(), uid: int = UID_BASE) -> list[dict]:
+                   hidden=(), uid: int = UID_BASE, private_dir=None, seed_shift: int = 0
+                   ) -> list[dict]:
     """Run one submission and return its rows (one per part); writes its feedback notebook.
 
     Never raises for problems of the submission itself: they become rows with status
@@ -345,32 +406,65 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
     nb.metadata["kernelspec"] = instructor.metadata.get(
         "kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     findings = screen.screen_notebook(nb, instructor)
+    # the screen decides nothing for a part the grader judges outside the kernel; it still
+    # guards the parts whose verdict is the kernel's own (KernelReported): those flagged
+    # cells are not run
+    stem = Path(sub.source).stem
+    verdicts = {gid: verdict_for(stem, gid) for gid, _ in parts}
+    trusted_kernel = {gid for gid, v in verdicts.items() if v is None or isinstance(v, KernelReported)}
+    findings = [f for f in findings if set(f.parts) & trusted_kernel] + \
+        [f for f in findings if not set(f.parts) & trusted_kernel]
     originals = {}
     for finding in findings:  # a flagged cell is not run: it could patch what comes after
+        if not set(finding.parts) & trusted_kernel:
+            continue
         cell = nb.cells[finding.cell_index]
         originals[finding.cell_index] = cell_source(cell)
         cell.source = _stub(finding)
     limits = limits or Limits()
     root = Path(tempfile.mkdtemp(prefix="ood-grade-"))
+    by_index = {i: nbgrader_meta(c).get("grade_id") for i, c in enumerate(nb.cells)
+                if is_graded_part(c)}
+    outcomes: dict[str, Outcome] = {}
     try:
         box = None
+        readable = _sandbox_paths(profile)
+        hide = list(hidden)
+        if private_dir is not None:
+            from .build import hidden_cache_files, stripped_package
+            from ..course.profiles import features_dir
+            package = stripped_package(stem, Path(private_dir))
+            readable = [(package, readable[0])] + readable[1:]
+            hide += [str(p) for p in hidden_cache_files(stem, features_dir(profile))]
         if sandbox:
             from .sandbox import Sandbox
-            box = Sandbox(root, readable=_sandbox_paths(profile), hidden=list(hidden),
-                          limits=limits, uid=uid)
+            box = Sandbox(root, readable=readable, hidden=hide, limits=limits, uid=uid)
             box.seed_home()
             workdir = box.workdir
+            exchange_dir = box.exchange_dir
         else:
-            workdir = root
+            workdir = root / "work"
+            workdir.mkdir()
+            exchange_dir = root / "exchange"
+            exchange_dir.mkdir()
+
+        def after_cell(index, run_code):
+            gid = by_index.get(index)
+            verdict = verdicts.get(gid)
+            if gid is None or verdict is None or isinstance(verdict, KernelReported):
+                return
+            outcomes[gid] = judge_part(verdict, exchange_dir, run_code, box, profile,
+                                       seed_shift, private_dir)
+
         result = execute_notebook(nb, cwd=workdir, env=_kernel_env(workdir, profile, jobs),
                                   cell_timeout=cell_timeout, timeout=timeout, allow_errors=True,
                                   max_output_chars=max_output_chars, quiet_kernel=True,
-                                  sandbox=box)
+                                  sandbox=box, after_cell=after_cell)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     for index, source in originals.items():  # the feedback shows what the student wrote
         nb.cells[index].source = source
-    rejected = {part: f for f in findings for part in f.parts}
+    rejected = {part: f for f in findings for part in f.parts if part in trusted_kernel}
 
     index = {(nbgrader_meta(c).get("grade_id")): i for i, c in enumerate(nb.cells) if is_graded_part(c)}
     stop = result.cell_index if result.status in ("timeout", "dead_kernel") else None
@@ -380,6 +474,15 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
         row = dict(submission=sub.key, part=gid, score=0, max_score=points)
         if i is None:  # cannot happen after restoring, kept for safety
             row.update(status="error", message="check cell missing")
+        elif gid in outcomes:  # the grader's own verdict, whatever the kernel printed
+            outcome = outcomes[gid]
+            if outcome.passed:
+                row.update(score=points, status="ok", message=outcome.note)
+            else:
+                row.update(status="failed", message=outcome.failure.message)
+        elif gid not in trusted_kernel and i in result.completed and result.status not in (
+                "timeout", "dead_kernel"):
+            row.update(status="error", message="no verdict: the grader could not judge this part")
         elif gid in rejected:
             row.update(status="rejected", message=rejected[gid].message())
         elif i in result.errors:
@@ -518,9 +621,13 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
     hidden = sorted({str(source_dir), str(out_dir), str(Path(notebooks_dir()).resolve())}
                     | {str(Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent)
                        for p in paths})
+    import secrets
+    private_dir = Path(tempfile.mkdtemp(prefix="ood-grader-private-"))  # never mounted
+    hidden.append(str(private_dir))
     options = dict(profile=profile, cell_timeout=cell_timeout, timeout=timeout,
                    max_output_chars=max_output_chars, jobs=jobs, sandbox=bool(sandbox),
-                   limits=limits, hidden=hidden)
+                   limits=limits, hidden=hidden, private_dir=str(private_dir),
+                   seed_shift=1000 + secrets.randbelow(1 << 30))
     # children are forked from a server that imported the grader once (a fresh interpreter
     # per submission would spend seconds importing nbformat/nbclient); started now, it does
     # those imports while this process verifies the feature cache
@@ -532,6 +639,9 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
     forkserver.ensure_running()
     if subs:
         _prepare_feature_cache(profile, progress)
+        from .build import stripped_package
+        for stem in sorted({Path(s.source).stem for s in subs if s.source is not None}):
+            stripped_package(stem, private_dir)  # once, before the children need it
     # one uid per running submission (the process limit counts per uid); another grader
     # running at the same time gets other uids
     uid_base = UID_BASE + (os.getpid() % 4096) * 64
@@ -593,6 +703,7 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
         time.sleep(0.05)
     if bar is not None:
         bar.close()
+    shutil.rmtree(private_dir, ignore_errors=True)
     rows = [row for i in range(len(subs)) for row in results[i]]
     write_grades_csv(rows, out_dir / "grades.csv")
     write_summary(rows, out_dir / "summary.md")
