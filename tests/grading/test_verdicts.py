@@ -1,0 +1,214 @@
+"""The grader's verdicts, the plain-data exchange and the stripped build (issue 16), fast parts.
+
+The end-to-end cheats (a kernel that forges, hides or exits) are graded by the real grader in
+``tests/grading/test_grader_cheats.py`` and ``tests/grading/test_hostile.py``.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from ood_utils.course.cells import is_graded_part, nbgrader_meta
+from ood_utils.grader import build, course_parts
+from ood_utils.grader.exchange import Exchange, NoAnswer, StudentError
+from ood_utils.grader.verdicts import KernelReported, Outcome, SelfCheck
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_graded_cell_has_a_verdict(path):
+    nb = nbformat.read(path, as_version=4)
+    graded = {nbgrader_meta(c)["grade_id"] for c in nb.cells if is_graded_part(c)}
+    declared = set(course_parts.VERDICTS.get(path.stem, {}))
+    assert graded == declared, (f"{path.stem}: graded cells without a verdict "
+                                f"{sorted(graded - declared)}, verdicts without a cell "
+                                f"{sorted(declared - graded)}")
+
+
+def test_selfchecks_name_existing_checks():
+    from ood_utils.answer_key import checks
+
+    for notebook, parts in course_parts.VERDICTS.items():
+        for gid, verdict in parts.items():
+            for v in getattr(verdict, "parts", (verdict,)):
+                if isinstance(v, SelfCheck):
+                    assert callable(getattr(checks, v.check)), (notebook, gid)
+
+
+# --------------------------------------------------------------------------- exchange
+class _FakeKernel:
+    """Plays the kernel: runs the kernel-side snippet in a namespace of this process."""
+
+    def __init__(self, namespace, tamper=None):
+        self.ns, self.tamper = namespace, tamper
+
+    def __call__(self, code):
+        import IPython.core.getipython as gi
+
+        class Shell:
+            user_ns = self.ns
+        ns = {"get_ipython": lambda: Shell()}
+        exec(compile(code, "<step>", "exec"), ns)
+        if self.tamper is not None:
+            step = sorted(p for p in self.folder.iterdir())[-1]
+            self.tamper(step / "out")
+
+
+def _exchange(tmp_path, namespace, tamper=None):
+    kernel = _FakeKernel(namespace, tamper)
+    kernel.folder = tmp_path
+    return Exchange(tmp_path, kernel)
+
+
+def test_call_round_trip_gives_fresh_plain_values(tmp_path):
+    ns = {"f": lambda x, k=1, layer=None: {"s": x * k, "n": int(k), "w": layer}}
+    lin = torch.nn.Linear(3, 2)
+    out = _exchange(tmp_path, ns).call("f", torch.ones(2, 3), k=3, layer=lin)
+    assert torch.equal(out["s"], torch.full((2, 3), 3.0)) and out["n"] == 3
+    assert type(out["w"]) is torch.nn.Linear and torch.equal(out["w"].weight, lin.weight)
+
+
+def test_gradients_come_back_through_the_sum(tmp_path):
+    ns = {"f": lambda x: (x ** 2)}
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    y = _exchange(tmp_path, ns).call("f", x)
+    y.sum().backward()
+    assert torch.allclose(y.detach(), x.detach() ** 2)
+    assert torch.allclose(x.grad, 2 * x.detach())
+
+
+def test_a_numpy_subclass_does_not_cross(tmp_path):
+    class Always(np.ndarray):
+        def __sub__(self, other):
+            return np.zeros(1)
+
+    ns = {"f": lambda: np.arange(3.0).view(Always)}
+    got = _exchange(tmp_path, ns).call("f")
+    assert type(got) is np.ndarray and np.array_equal(got - np.ones(3), np.arange(3.0) - 1)
+
+
+def test_object_arrays_and_pickles_are_refused(tmp_path):
+    def forge(out):  # replace the answer's array by a pickled object array
+        np.save(out / "v0.npy", np.array([object()], dtype=object), allow_pickle=True)
+
+    with pytest.raises(NoAnswer):
+        _exchange(tmp_path, {"f": lambda: np.arange(3.0)}, forge).call("f")
+
+
+def test_a_link_instead_of_the_answer_is_refused(tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"ok": True, "value": {"t": "json", "v": 42}}))
+
+    def link(out):
+        os.remove(out / "answer.json")
+        os.symlink(secret, out / "answer.json")
+
+    with pytest.raises(NoAnswer):
+        _exchange(tmp_path, {"f": lambda: 1}, link).call("f")
+
+
+def test_no_answer_when_the_step_leaves_nothing(tmp_path):
+    def wipe(out):
+        os.remove(out / "answer.json")
+
+    with pytest.raises(NoAnswer):
+        _exchange(tmp_path, {"f": lambda: 1}, wipe).call("f")
+
+
+def test_the_students_exception_is_rebuilt_by_name_only(tmp_path):
+    class Sneaky(Exception):
+        pass
+
+    def boom():
+        raise Sneaky("no")
+
+    def todo():
+        raise NotImplementedError("fill in")
+
+    ex = _exchange(tmp_path, {"boom": boom, "todo": todo})
+    with pytest.raises(StudentError, match="Sneaky: no"):
+        ex.call("boom")
+    with pytest.raises(NotImplementedError):
+        ex.call("todo")
+
+
+def test_a_selfcheck_fails_on_a_wrong_function_and_passes_on_the_reference(tmp_path):
+    from ood_utils.grader.verdicts import Context
+    from ood_utils.methods import knn_scores
+
+    right = {"knn_scores_exercise": lambda tr, te, k=1, chunk_size=64: knn_scores(tr, te, k=k)}
+    wrong = {"knn_scores_exercise": lambda tr, te, k=1, chunk_size=64: -knn_scores(tr, te, k=k)}
+    verdict = SelfCheck("check_knn", ("knn_scores_exercise",))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ok = verdict.judge(Context(_exchange(tmp_path / "a", right), "miniclip", 12345))
+    bad = verdict.judge(Context(_exchange(tmp_path / "b", wrong), "miniclip", 12345))
+    assert ok == Outcome.ok()
+    assert not bad.passed and bad.failure.kind == "mismatch" and "sign" in bad.failure.message
+
+
+def test_the_grader_draws_other_inputs_than_the_public_check(tmp_path):
+    from ood_utils.answer_key.checks import _common
+    from ood_utils.grader.verdicts import _shifted_seeds
+
+    public = _common._random_feats(4, 3, 10)
+    with _shifted_seeds(777):
+        secret = _common._random_feats(4, 3, 10)
+    assert not torch.equal(public, secret)
+    assert torch.equal(public, _common._random_feats(4, 3, 10))
+
+
+# --------------------------------------------------------------------------- the build
+def test_stripped_build_has_no_reference_source(tmp_path):
+    pkg = build.stripped_package("02_knn", tmp_path)
+    knn = (pkg / "methods" / "knn.py").read_text()
+    tree = ast.parse(knn)
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "knn_scores")
+    assert len(fn.body) == 1 and isinstance(fn.body[0], ast.Raise)
+    assert "topk" not in knn and "normalize" not in knn
+    checks = (pkg / "answer_key" / "checks" / "nb02_knn.py").read_text()
+    assert "np.sort(cos" not in checks and "topk" not in checks  # hints and sweep reference
+    assert not list(pkg.rglob("__pycache__"))
+    expected = ast.parse((pkg / "answer_key" / "expected.py").read_text())
+    sweeps = [n for n in expected.body if isinstance(n, ast.AnnAssign)
+              and getattr(n.target, "id", "") == "SWEEPS"]
+    assert len(sweeps) == 1 and isinstance(sweeps[0].value, ast.Dict) \
+        and not sweeps[0].value.keys  # the recorded sweep values are not in the sandbox
+    # helpers of the notebook stay
+    assert "def auroc" in (pkg / "methods" / "metrics.py").read_text()
+
+
+def test_stripped_reference_raises_not_available(tmp_path):
+    import subprocess
+    import sys
+
+    pkg = build.stripped_package("05_mahalanobis", tmp_path)
+    mirror = tmp_path / "site"
+    mirror.mkdir()
+    os.symlink(pkg, mirror / "ood_utils")
+    code = ("import torch\nfrom ood_utils import methods\n"
+            "x = torch.randn(30, 4)\n"
+            "methods.drop_degenerate_directions(x, x)\n"  # a helper the locked cells use
+            "try:\n    methods.mahalanobis_scores(x, torch.arange(30) % 3, x)\n"
+            "except RuntimeError as e:\n    print('REFUSED', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(mirror)}, cwd=tmp_path)
+    assert "REFUSED not available while grading" in out.stdout, out.stderr[-2000:]
+
+
+def test_kernel_reported_parts_are_few_and_named():
+    names = sorted(f"{nb}/{gid}" for nb, parts in course_parts.VERDICTS.items()
+                   for gid, v in parts.items() if isinstance(v, KernelReported))
+    assert names == ["01_features/features_selfcheck", "01_features/features_shapes",
+                     "01_features/split_selfcheck", "03_msp/clip_head_selfcheck",
+                     "03_msp/msp_sweep_selfcheck", "03_msp/text_embeddings_selfcheck",
+                     "07_cac_osr/cac_training_selfcheck"]
