@@ -5,7 +5,7 @@ CAC network trained end to end (``cac_experiment.train_open_set``, seed s; by de
 reference loop, loss, anchors and distances), both on one CPU thread. Prints one JSON line per
 seed (AUROC of MSP and of CAC on the unknown test images and, where the profile has one, on the
 far unknown set; closed-set accuracy; the rates under the 95 % rule; the threshold sweep) and
-appends it to ``--out``. Copy the numbers into ``ood_utils/answer_key/expected.py`` by hand.
+appends it to ``--out``. Copy the numbers into ``ood_utils/answer_key/expected.json`` (``results.<profile>.cac`` and ``cac_comparison``).
 
     OMP_NUM_THREADS=1 python tools/measure_cac.py --seeds 0 1 2 3 4 --out results/cac_seeds.jsonl
 """

@@ -1,6 +1,6 @@
 """Measure the answer key of a profile by running the reference implementation.
 
-This is how the ``miniclip`` numbers in ``ood_utils/answer_key/expected.py`` were produced. It runs the
+This is how the ``miniclip`` results in ``ood_utils/answer_key/expected.json`` were produced. It runs the
 same functions the notebooks call (``ood_utils.methods`` through ``ood_utils.course.pipeline`` and
 ``ood_utils.methods.cac``), once for deterministic methods and once per seed where randomness enters
 (the PLP probe, the CAC stage; k-means runs with its fixed settings, see below), for the
@@ -14,8 +14,10 @@ except for the k-means rows (notebook 06), whose randomness is fixed (random_sta
 are measured over the correct variants that remain (KMeans input float32 or float64, one or
 two threads), with value = midpoint of their range and tol = half the range + 0.5.
 
-Nothing is tuned: the script only reports. Paste its last block into ``expected.py`` by hand,
-after reading the numbers.
+Nothing is tuned: the script reports, and with ``--write`` records what it measured in the
+answer key's data file ``ood_utils/answer_key/expected.json`` (the runs, the value and
+tolerance the rule gives, and how they were measured; other entries are left as they are).
+Read the numbers before you commit the file.
 
 Usage (from the repository root, with the feature cache in place or extractable)::
 
@@ -65,11 +67,13 @@ def plp_variant(x: torch.Tensor, y: torch.Tensor, c: int, variant: str, seed: in
         return methods.train_linear_probe(x, y, options, num_classes=c).layer
 
 
-def tolerance(values: list[float]) -> tuple[float, float, float]:
-    """(mean, spread, tol) of a list of per-seed values under the answer key's rule."""
-    mean = float(np.mean(values))
-    spread = float(np.max(values) - np.min(values))
-    return mean, spread, max(0.1, 3 * spread)
+def tolerance(values: list[float], rule: str = "mean") -> tuple[float, float, float]:
+    """(value, spread, tol) of the measured runs under the answer key's rule
+    (:func:`ood_utils.answer_key.expected.rule_value`)."""
+    from ood_utils.answer_key.expected import rule_value
+
+    value, tol = rule_value(rule, list(values))
+    return value, float(max(values) - min(values)), tol
 
 
 def _msp_variants(profile, te, oo, done):
@@ -145,8 +149,7 @@ def measure_cac(profile, seed: int, key: str, save, anchors_fn=None, distance_fn
 def kmeans_tolerance(values: list[float]) -> tuple[float, float, float]:
     """(midpoint, spread, tol) of the k-means variants: every correct variant lies inside
     with a margin of 0.5 points, ``tol = spread / 2 + 0.5``."""
-    lo, hi = float(np.min(values)), float(np.max(values))
-    return (lo + hi) / 2, hi - lo, (hi - lo) / 2 + 0.5
+    return tolerance(values, "midpoint")
 
 
 def main(argv=None) -> int:
@@ -155,6 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--write", action="store_true",
+                        help="record the measured entries in ood_utils/answer_key/expected.json")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch and BLAS/OpenMP (default: the machine's); "
                              "k-means results move slightly with it")
@@ -272,7 +277,46 @@ def main(argv=None) -> int:
         mean, spread, tol = (kmeans_tolerance if cid.startswith("kmeans") else tolerance)(values)
         per = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(runs.items()))
         print(f"{cid:16s} value {mean:7.2f}  tol {tol:6.2f}  ({per}; spread {spread:.3f})")
+    if args.write:
+        written = write_answer_key(profile.name, found, date, torch.get_num_threads())
+        print(f"\nrecorded {', '.join(written)} in {ANSWER_KEY}")
     return 0
+
+
+ANSWER_KEY = Path(__file__).resolve().parent.parent / "ood_utils" / "answer_key" / "expected.json"
+
+
+def write_answer_key(profile: str, found: dict, date: str, threads: int) -> list[str]:
+    """Record ``found`` (``{check id: {run: AUROC}}``) in the answer key's data file.
+
+    Each measured entry gets its runs, the value and tolerance of its rule (rounded to 2
+    decimals) and a ``how`` that says when and with what they were measured; its ``note`` and
+    ``extra`` stay. The file is replaced atomically.
+    """
+    from ood_utils.answer_key.expected import rule_value
+    from ood_utils.course._io import atomic_write_text
+
+    doc = json.loads(ANSWER_KEY.read_text(encoding="utf-8"))
+    table = doc["results"].setdefault(profile, {})
+    written = []
+    for cid, runs in sorted(found.items()):
+        if "." in cid:  # a further target of a check (cac.accuracy): the entry's extra
+            base, name = cid.split(".", 1)
+            value, tol = rule_value("mean", list(runs.values()))
+            table.setdefault(base, {}).setdefault("extra", {})[name] = [round(value, 2),
+                                                                         round(tol, 2)]
+            continue
+        entry = table.setdefault(cid, {})
+        rule = "midpoint" if cid.startswith("kmeans") else "mean"
+        value, tol = rule_value(rule, list(runs.values()))
+        per = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(runs.items()))
+        entry.update(value=round(value, 2), tol=round(tol, 2), rule=rule,
+                     runs={k: round(v, 4) for k, v in sorted(runs.items())},
+                     how=f"measured {date} with tools/measure_expected.py ({threads} threads): "
+                         f"{per}")
+        written.append(cid)
+    atomic_write_text(ANSWER_KEY, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    return written
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Measure the sweeps of notebooks 02 (k of kNN) and 03 (prompt template x temperature of MSP).
 
-These are the numbers of ``SWEEPS`` in ``ood_utils/answer_key/expected.py``. Both sweeps are
+These are the numbers of ``sweeps`` in ``ood_utils/answer_key/expected.json``. Both sweeps are
 deterministic (no seed enters), so what varies is only how a correct student writes them.
 The script runs the reference (the code the checks compare with) and other correct variants
 and prints, per grid point, every variant's AUROC, their spread and the tolerance of the rule
@@ -13,7 +13,7 @@ solution functions (text embeddings in float32, logits in float64), logits in fl
 throughout with a float64 softmax, and a float32 softmax (``msp_torch_float32`` of the
 answer key), which rounds confident probabilities to 1 at small T.
 
-Nothing is tuned: the script only reports; copy the printed block into ``expected.py``.
+Nothing is tuned: the script only reports; copy the printed numbers into the ``sweeps`` of ``expected.json``.
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/measure_sweeps.py [--only knn msp]
 """

@@ -20,7 +20,6 @@ import warnings
 
 __all__ = ["route_warnings_to_stdout", "in_kernel"]
 
-_ORIGINAL = warnings.showwarning
 
 
 def in_kernel() -> bool:
@@ -57,8 +56,3 @@ def route_warnings_to_stdout(force: bool = False) -> bool:
         return False
     warnings.showwarning = _show_on_stdout
     return True
-
-
-def restore_default() -> None:
-    """Put back the :func:`warnings.showwarning` that was active when this module loaded."""
-    warnings.showwarning = _ORIGINAL

@@ -36,7 +36,6 @@ from ..course.cells import cell_source
 __all__ = ["ExecutionResult", "GraderStepFailed", "execute_notebook", "describe_failure", "truncate_outputs",
            "cell_errors"]
 
-STATUSES = ("ok", "error", "timeout", "dead_kernel")
 _SHORT = 300  # characters kept of an error message in ExecutionResult
 
 

@@ -436,4 +436,4 @@ def mahalanobis_scores(train_feats: Any, train_labels: Any, test_feats: Any,
 #: with k-means++ initialisation, ``random_state=0``, one initialisation and Lloyd's algorithm,
 #: fitted on the float32 training features. With several initialisations the best partition
 #: would be found more reliably, but k = 100 would take minutes; one fixed start keeps the
-#: result reproducible (see ``ood_utils/answer_key/expected.py`` for the spread over correct variants).
+#: result reproducible (see ``ood_utils/answer_key/expected.json`` for the spread over correct variants).

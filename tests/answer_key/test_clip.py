@@ -1026,6 +1026,6 @@ def test_recorded_msp_sweep_is_the_reference_sweep(graded_sweep_grid):
     from ood_utils.answer_key.expected import get_sweep_expected
 
     recorded = get_sweep_expected("msp_sweep", PROFILE)
-    live = checks._msp_sweep_reference(PROFILE, list(recorded))
+    live = checks.nb03_msp._msp_sweep_reference(PROFILE, list(recorded))
     for key, entry in recorded.items():
         assert abs(live[key] - entry.value) <= entry.tol, (key, live[key], entry)

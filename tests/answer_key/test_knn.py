@@ -312,7 +312,7 @@ def test_recorded_knn_sweep_is_the_reference_sweep(graded_ks):
     from ood_utils.answer_key.expected import get_expected, get_sweep_expected
 
     recorded = get_sweep_expected("knn_sweep", "miniclip")
-    live = checks._knn_sweep_reference("miniclip", graded_ks)
+    live = checks.nb02_knn._knn_sweep_reference("miniclip", graded_ks)
     for k, entry in recorded.items():
         assert abs(live[k] - entry.value) <= entry.tol, (k, live[k], entry)
     assert abs(recorded[1].value - get_expected("knn", "miniclip").value) <= 0.1

@@ -188,26 +188,29 @@ def _auroc_pct(s_in, s_out) -> float:
     return float(roc_auc_score(y, np.r_[s_in, s_out]) * 100.0)
 
 
-def _sweep_dict(result, name: str, settings, what: str) -> dict:
-    """The student's sweep as ``{setting: float}``, or an AssertionError saying what is off."""
+def _sweep_dict(result, name: str, settings, what: str, case: str = "") -> dict:
+    """The student's sweep as ``{setting: float}`` in the order of ``settings``, or an
+    AssertionError saying what is off."""
     __tracebackhide__ = True
+    where = f" ({case})" if case else ""
     if result is None:
-        raise AssertionError(f"{name} returned None: complete the code between the markers so "
-                             f"that it returns a dict {{setting: {what}}}")
+        raise AssertionError(f"{name} returned None{where}: complete the code between "
+                             "'### START CODE HERE ###' and '### END CODE HERE ###' so that it "
+                             f"returns a dict {{setting: {what}}}")
     if not isinstance(result, dict):
-        raise AssertionError(f"{name} returned a {type(result).__name__}; return a dict with "
-                             f"one entry per setting, {{setting: {what}}}")
+        raise AssertionError(f"{name} returned a {type(result).__name__}{where}; return a dict "
+                             f"with one entry per setting, {{setting: {what}}}")
     missing = [t for t in settings if t not in result]
     if missing:
-        raise AssertionError(f"{name}'s dict has no entry for {missing} (its keys: "
+        raise AssertionError(f"{name} returned no value for {missing}{where} (its keys: "
                              f"{list(result)[:8]}); use the settings passed in as the keys")
     out = {}
     for t in settings:
         try:
             out[t] = float(result[t])
         except (TypeError, ValueError):
-            raise AssertionError(f"{name}[{t!r}] is a {type(result[t]).__name__}; expected one "
-                                 f"number, the {what}") from None
+            raise AssertionError(f"{name}[{t!r}] is a {type(result[t]).__name__}{where}; "
+                                 f"expected one number, the {what}") from None
     return out
 
 
@@ -236,22 +239,8 @@ def _auroc_percent(s_in: Any, s_out: Any) -> float:
 
 def _sweep_values(result: Any, keys: list, name: str, what: str, case: str) -> np.ndarray:
     """The student's sweep as float64 values in the order of ``keys`` (a dict keyed by them)."""
-    if result is None:
-        raise AssertionError(f"{name} returned None ({case}): complete the code between "
-                             "'### START CODE HERE ###' and '### END CODE HERE ###' so that "
-                             f"it returns {what}")
-    if not isinstance(result, dict):
-        raise AssertionError(f"{name} returned a {type(result).__name__} ({case}); return "
-                             f"{what}")
-    missing = [k for k in keys if k not in result]
-    if missing:
-        raise AssertionError(f"{name} returned no value for {missing} ({case}): {what}, every "
-                             f"value of the sweep as a key (got the keys {list(result)})")
-    try:
-        return np.array([float(result[k]) for k in keys])
-    except (TypeError, ValueError):
-        raise AssertionError(f"{name} returned values that are not numbers ({case}): one AUROC "
-                             "(a float, in percent) per key") from None
+    __tracebackhide__ = True
+    return np.array(list(_sweep_dict(result, name, keys, what, case).values()))
 
 
 def _sweep_hints(got: np.ndarray, want: np.ndarray) -> str:
@@ -285,7 +274,7 @@ def _check_sweep_result(sweep_id: str, values: dict, profile, reference, label,
         source = "the reference run on this profile's features (no recorded sweep)"
     else:
         targets = {k: (e.value, e.tol) for k, e in targets.items()}
-        source = "ood_utils/answer_key/expected.py"
+        source = "ood_utils/answer_key/expected.json"
     missing = [label(k) for k in keys if k not in values]
     if missing:
         raise AssertionError(f"{sweep_id}: your sweep has no value for {', '.join(missing)}; "
