@@ -5,7 +5,7 @@ caches) and rewrites, with :mod:`ast`, the bodies of the reference implementatio
 :data:`ood_utils.grader.course_parts.STRIP` (and of the checks the grader runs outside the
 kernel, whose hints recompute the reference) so that they raise
 ``NotAvailableWhileGrading``; their source text is gone from the copy. The answer key's
-recorded sweep values are emptied. Everything else (helpers, plots, data, the locked cells'
+recorded sweep values (``expected.json``) are emptied. Everything else (helpers, plots, data, the locked cells'
 tools) stays. :func:`hidden_cache_files` lists the cache files that hold an exercise's
 answer; the sandbox does not mount them.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -108,14 +109,10 @@ def _strip_source(text: str, names: set[str] | None, keep: set[str], body: str =
 
 
 def _empty_sweeps(text: str) -> str:
-    tree = ast.parse(text)
-    for node in tree.body:
-        target = getattr(node, "target", None) or (node.targets[0] if isinstance(
-            node, ast.Assign) else None)
-        if isinstance(target, ast.Name) and target.id == "SWEEPS":
-            node.value = ast.parse("{}").body[0].value
-    ast.fix_missing_locations(tree)
-    return ast.unparse(tree) + "\n"
+    """The answer key's data file (``expected.json``) without its sweep tables."""
+    doc = json.loads(text)
+    doc["sweeps"] = {profile: {} for profile in doc.get("sweeps", {})}
+    return json.dumps(doc, indent=1) + "\n"
 
 
 def stripped_package(notebook: str, cache_dir: Path) -> Path:
@@ -160,7 +157,8 @@ def stripped_package(notebook: str, cache_dir: Path) -> Path:
             if refs:
                 new, _ = _strip_source(new, refs, set())
             path.write_text(new, encoding="utf-8")
-    expected = tmp / "answer_key" / "expected.py"
+    # the recorded sweep tables are the answers of the sweep exercises: emptied in the copy
+    expected = tmp / "answer_key" / "expected.json"
     expected.write_text(_empty_sweeps(expected.read_text(encoding="utf-8")), encoding="utf-8")
     for p in tmp.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
