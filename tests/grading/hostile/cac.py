@@ -56,10 +56,10 @@ def subs() -> list[Sub]:
                             return np.zeros((num_classes + 1, num_classes + 1)).view(Agreeable)
                     matrix = torch.zeros(num_classes + 1, num_classes + 1).as_subclass(Sly)'''),
                 "cac_predict_exercise": body('''
-                    import traceback
+                    import sys, traceback
                     from operator import attrgetter
                     predicted = None
-                    for frame, _ in traceback.walk_stack(None):
+                    for frame, _ in traceback.walk_stack(attrgetter("_getf" + "rame")(sys)()):
                         loc = attrgetter("f_lo" + "cals")(frame)
                         ref = loc.get("open_set" + "_predict")
                         if callable(ref):

@@ -131,18 +131,14 @@ def subs() -> list[Sub]:
             "walks the call stack into the self-check, takes the reference it imported (a local "
             "of check_knn) and keeps it for the later, graded calls",
             cells={"knn_exercise": [prefix('''
-                import traceback
+                import sys, traceback
                 from operator import attrgetter
                 STOLEN = {}'''), body('''
-                for frame, _ in traceback.walk_stack(None):
+                for frame, _ in traceback.walk_stack(attrgetter("_getf" + "rame")(sys)()):
                     loc = attrgetter("f_lo" + "cals")(frame)
-                    for value in list(loc.values()):
-                        try:
-                            name = attrgetter("__name__")(value)
-                        except AttributeError:
-                            continue
-                        if callable(value) and name == "knn" + "_scores":
-                            STOLEN["fn"] = value
+                    value = loc.get("knn" + "_scores")
+                    if callable(value):
+                        STOLEN["fn"] = value
                 scores = STOLEN["fn"](train_feats, test_feats, k=k)''')]},
             cheated=KNN),
         # ------------------------------------------------------------ switch the checks off
@@ -309,11 +305,11 @@ def subs() -> list[Sub]:
             "the sweep returns a dict whose items are read, when the check asks, from the "
             "checking function's own frame (its table of targets)",
             cells={"knn_sweep_exercise": body('''
-                import traceback
+                import sys, traceback
                 from operator import attrgetter
                 class Lazy(dict):
                     def __getitem__(self, k):
-                        for frame, _ in traceback.walk_stack(None):
+                        for frame, _ in traceback.walk_stack(attrgetter("_getf" + "rame")(sys)()):
                             loc = attrgetter("f_lo" + "cals")(frame)
                             table = loc.get("targets")
                             if isinstance(table, dict) and k in table:

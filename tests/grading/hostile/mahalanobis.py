@@ -106,11 +106,11 @@ def subs() -> list[Sub]:
             "a dict whose items come, when the graded check asks, from the `exp` target in the "
             "checking function's frame",
             cells={"maha_sweep_exercise": body('''
-                import traceback
+                import sys, traceback
                 from operator import attrgetter
                 class Lazy(dict):
                     def __getitem__(self, key):
-                        for frame, _ in traceback.walk_stack(None):
+                        for frame, _ in traceback.walk_stack(attrgetter("_getf" + "rame")(sys)()):
                             loc = attrgetter("f_lo" + "cals")(frame)
                             if "exp" in loc and hasattr(loc["exp"], "value"):
                                 return float(loc["exp"].value)
