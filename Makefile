@@ -10,13 +10,14 @@ PROFILE ?= miniclip
 TEST_WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
-.PHONY: setup data course test answer-key test-nbgrader lab features release clean-cache help
+.PHONY: setup data course test answer-key test-nbgrader test-hostile lab features release clean-cache help
 
 help:
 	@echo "make course   set up .venv, install the data, run every notebook, print the results table"
 	@echo "make test     set up, then run the unit tests and every notebook under nbval"
 	@echo "make answer-key  run every correct variant and planted mistake against the checks (slow)"
 	@echo "make test-nbgrader  grade 02/05 with real nbgrader (own venv .venv-nbgrader); no stderr in graded cells"
+	@echo "make test-hostile   grade the hostile set (cheats and honest alternatives, issue 16) in the sandbox (slow)"
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "make release  write student copies of the notebooks to release/"
 	@echo "PROFILE=clip make course   the original CIFAR-100/CIFAR-10 setup (needs internet and a GPU)"
@@ -70,7 +71,7 @@ course: data
 
 test: data
 	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
-		-n $(TEST_WORKERS) --dist loadscope --durations=12 --ignore=tests/answer_key tests notebooks
+		-n $(TEST_WORKERS) --dist loadscope --durations=12 --ignore=tests/answer_key --ignore=tests/grading tests notebooks
 
 # The answer key judged both ways: correct variants a student may write pass, planted mistakes fail.
 answer-key: data
@@ -84,6 +85,14 @@ answer-key: data
 test-nbgrader: data
 	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest -n $(TEST_WORKERS) \
 		--dist loadscope tests/nbgrader/nbgrader_suite.py tests/nbgrader/stderr_suite.py
+
+# The hostile set of issue 16 (tests/grading/hostile/): cheating submissions in five families
+# and honest alternatives, graded with `python -m ood_utils grade --jobs 2` in one run beside
+# the instructor's solutions; every cheat must earn 0 on the parts it did not compute, every
+# honest part full points. Needs the sandbox (bubblewrap, root). About 15 minutes on 2 cores.
+test-hostile: data
+	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest -q -rA -s \
+		tests/grading/test_hostile.py
 
 lab: data
 	$(BIN)/jupyter lab notebooks/

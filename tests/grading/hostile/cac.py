@@ -9,7 +9,7 @@ expensive part of grading 07).
 """
 from __future__ import annotations
 
-from ._build import Sub, body, whole
+from ._build import Sub, body, prefix, whole
 
 NB = "07_cac_osr"
 ANCHORS = frozenset({"cac_anchors_selfcheck", "cac_results"})
@@ -56,10 +56,10 @@ def subs() -> list[Sub]:
                             return np.zeros((num_classes + 1, num_classes + 1)).view(Agreeable)
                     matrix = torch.zeros(num_classes + 1, num_classes + 1).as_subclass(Sly)'''),
                 "cac_predict_exercise": body('''
-                    import traceback
+                    import sys, traceback
                     from operator import attrgetter
                     predicted = None
-                    for frame, _ in traceback.walk_stack(None):
+                    for frame, _ in traceback.walk_stack(attrgetter("_getf" + "rame")(sys)()):
                         loc = attrgetter("f_lo" + "cals")(frame)
                         ref = loc.get("open_set" + "_predict")
                         if callable(ref):
@@ -72,13 +72,12 @@ def subs() -> list[Sub]:
         Sub("off_sweep_modules", NB, "switch-off",
             "sys.modules (attrgetter) -> the checks module; its two sweep checks replaced by "
             "no-ops with methodcaller('__setattr__'); the sweep is made up",
-            cells={"cac_sweep_exercise": body(f'''
+            cells={"cac_sweep_exercise": [prefix(f'''
                 import sys
                 from operator import attrgetter, methodcaller
                 target = attrgetter("mod" + "ules")(sys)["ood_utils." + "che" + "cks"]
-                for name in ("threshold_sweep", "threshold_sweep_results"):
-                    methodcaller("__setattr__", "check_" + name, lambda *a, **kw: None)(target)
-                {WRONG_TSWEEP}''')},
+                for name in ("threshold" + "_sweep", "threshold" + "_sweep_results"):
+                    methodcaller("__setattr__", "check_" + name, lambda *a, **kw: None)(target)'''), body(WRONG_TSWEEP)]},
             cheated=TSWEEP),
         Sub("hide_base_exceptions", NB, "hide",
             "prediction raises GeneratorExit and the sweep raises KeyboardInterrupt (BaseException "

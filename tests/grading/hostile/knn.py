@@ -103,23 +103,20 @@ def subs() -> list[Sub]:
                 scores = found(train_feats, test_feats, k=k)''')},
             cheated=KNN),
         Sub("reach_source_text", NB, "reach",
-            "reads the text of ood_utils/scores.py, cuts the reference function out of it and "
-            "imports it under a new name from a module written to the working folder",
+            "reads the text of ood_utils/scores.py, writes it (relative imports made absolute) "
+            "as a new module in the working folder, imports it and calls its copy of the reference",
             cells={"knn_exercise": body('''
                 import ast, os, sys
                 from operator import attrgetter
                 import ood_utils
                 folder = os.path.dirname(attrgetter("__fi" + "le__")(ood_utils))
                 text = open(os.path.join(folder, "scor" + "es.p" + "y")).read()
-                tree = ast.parse(text)
-                wanted = "knn" + "_scores"
-                node = next(n for n in tree.body if hasattr(n, "name") and n.name == wanted)
-                code = ast.get_source_segment(text, node).replace("def " + wanted, "def mine")
-                head = "import torch\\nimport torch.nn.functional as F\\nfrom ood_utils._arrays import *\\n"
-                with open("my_knn_helper" + ".p" + "y", "w") as out:
-                    out.write(head + code)
+                text = text.replace("from ." + " import", "from ood_utils import").replace("from .", "from ood_utils.")
+                with open("my_copy" + ".p" + "y", "w") as out:
+                    out.write(text)
                 sys.path.insert(0, os.getcwd())
-                from my_knn_helper import mine
+                import my_copy
+                mine = attrgetter("knn" + "_scores")(my_copy)
                 scores = mine(train_feats, test_feats, k=k)''')},
             cheated=KNN),
         Sub("reach_exit_ip", NB, "reach",
@@ -134,39 +131,37 @@ def subs() -> list[Sub]:
             "walks the call stack into the self-check, takes the reference it imported (a local "
             "of check_knn) and keeps it for the later, graded calls",
             cells={"knn_exercise": [prefix('''
-                import traceback
+                import sys, traceback
                 from operator import attrgetter
                 STOLEN = {}'''), body('''
-                for frame, _ in traceback.walk_stack(None):
+                for frame, _ in traceback.walk_stack(attrgetter("_getf" + "rame")(sys)()):
                     loc = attrgetter("f_lo" + "cals")(frame)
-                    for value in list(loc.values()):
-                        if callable(value) and attrgetter("__name__")(value) == "knn" + "_scores":
-                            STOLEN["fn"] = value
+                    value = loc.get("knn" + "_scores")
+                    if callable(value):
+                        STOLEN["fn"] = value
                 scores = STOLEN["fn"](train_feats, test_feats, k=k)''')]},
             cheated=KNN),
         # ------------------------------------------------------------ switch the checks off
         Sub("off_mock_patch", NB, "switch-off",
             "unittest.mock.patch(...).start() on the checks module's functions (the name "
             "built at run time); the sweep returns made-up AUROCs",
-            cells={"knn_sweep_exercise": body(f'''
+            cells={"knn_sweep_exercise": [prefix(f'''
                 from unittest import mock
                 where = "ood_utils." + "che" + "cks."
                 for name in ("knn_sweep", "knn_sweep_result"):
-                    mock.patch(where + "check_" + name, lambda *a, **kw: None).start()
-                {WRONG_SWEEP}''')},
+                    mock.patch(where + "check_" + name, lambda *a, **kw: None).start()'''), body(WRONG_SWEEP)]},
             cheated=SWEEP),
         Sub("off_subclasses", NB, "switch-off",
             "object.__subclasses__() -> os._wrap_close.__init__.__globals__ -> sys.modules -> "
             "the checks module, patched with methodcaller('__setattr__')",
-            cells={"knn_sweep_exercise": body(f'''
+            cells={"knn_sweep_exercise": [prefix(f'''
                 from operator import attrgetter, methodcaller
                 classes = attrgetter("__subcl" + "asses__")(object)()
                 wrap = next(c for c in classes if c.__name__ == "_wrap_close")
                 sysmod = attrgetter("__init__.__glo" + "bals__")(wrap)["sys"]
                 target = attrgetter("mod" + "ules")(sysmod)["ood_utils." + "che" + "cks"]
                 for name in ("knn_sweep", "knn_sweep_result"):
-                    methodcaller("__setattr__", "check_" + name, lambda *a, **kw: None)(target)
-                {WRONG_SWEEP}''')},
+                    methodcaller("__setattr__", "check_" + name, lambda *a, **kw: None)(target)'''), body(WRONG_SWEEP)]},
             cheated=SWEEP),
         Sub("off_numpy_all", NB, "switch-off",
             "patches numpy.all (mock.patch.object, never undone) so that every comparison of "
@@ -179,25 +174,23 @@ def subs() -> list[Sub]:
         Sub("off_expected_update", NB, "switch-off",
             "dict.update on the answer key's sweep table (reached with logging.config's "
             "resolver) so that the made-up sweep is 'expected'",
-            cells={"knn_sweep_exercise": body(f'''
+            cells={"knn_sweep_exercise": [prefix(f'''
                 import logging.config
                 key = logging.config.BaseConfigurator({{}}).resolve("ood_utils." + "exp" + "ected")
                 table = logging.config.BaseConfigurator({{}}).resolve("ood_utils." + "exp" + "ected.SWE" + "EPS")
-                entry = table["miniclip"]["knn_sweep"]
-                made = {{k: type(entry[k])(50.0, 1.0, "made up") for k in entry}}
-                dict.update(entry, made)
-                {WRONG_SWEEP}''')},
+                sweep_row = table["miniclip"]["knn_sweep"]
+                made = {{k: type(sweep_row[k])(50.0, 1.0, "made up") for k in sweep_row}}
+                dict.update(sweep_row, made)'''), body(WRONG_SWEEP)]},
             cheated=SWEEP),
         Sub("off_input_transformer", NB, "switch-off",
             "registers an IPython input transformer (exit._ip.input_transformers_post) that "
             "rewrites every later check cell into a no-op",
-            cells={"knn_sweep_exercise": body(f'''
+            cells={"knn_sweep_exercise": [prefix(f'''
                 def _neuter(lines):
                     if any("checks." in line for line in lines):
                         return ["None\\n"]
                     return lines
-                exit._ip.input_transformers_post.append(_neuter)
-                {WRONG_SWEEP}''')},
+                exit._ip.input_transformers_post.append(_neuter)'''), body(WRONG_SWEEP)]},
             cheated=SWEEP),
         Sub("off_post_run_cell", NB, "switch-off",
             "a post_run_cell hook that sends clear_output after every cell, so the error output "
@@ -212,21 +205,19 @@ def subs() -> list[Sub]:
         Sub("off_user_ns", NB, "switch-off",
             "replaces `checks` in the shell's user namespace by an object whose every "
             "function does nothing",
-            cells={"knn_sweep_exercise": body(f'''
+            cells={"knn_sweep_exercise": [prefix(f'''
                 class _Quiet:
                     def __getattr__(self, name):
                         return lambda *a, **kw: None
-                exit._ip.user_ns["che" + "cks"] = _Quiet()
-                {WRONG_SWEEP}''')},
+                exit._ip.user_ns["che" + "cks"] = _Quiet()'''), body(WRONG_SWEEP)]},
             cheated=SWEEP),
         Sub("off_percent_run", NB, "switch-off",
             "an added cell `run -i patch.txt`: not Python (the screen skips it), IPython's "
             "automagic runs it as %run, and the file rebinds the check functions",
-            cells={"knn_sweep_exercise": body(f'''
+            cells={"knn_sweep_exercise": [prefix(f'''
                 with open("patch.txt", "w") as f:
                     f.write("checks.check_knn_sweep = lambda *a, **kw: None\\n"
-                            "checks.check_knn_sweep_result = lambda *a, **kw: None\\n")
-                {WRONG_SWEEP}''')},
+                            "checks.check_knn_sweep_result = lambda *a, **kw: None\\n")'''), body(WRONG_SWEEP)]},
             added={"knn_sweep_selfcheck": "run -i patch.txt"},
             cheated=SWEEP),
         # ------------------------------------------------------------ hide a failure
@@ -308,17 +299,17 @@ def subs() -> list[Sub]:
                 from unittest import mock
                 mock.patch("sklearn.metrics.roc_auc_score", lambda *a, **kw: {_answers.auroc("knn") / 100!r}).start()
                 scores = torch.zeros(len(test_feats))''')},
-            cheated=KNN),
+            cheated=KNN | SWEEP),  # the patch also sets every AUROC the sweep measures
         # ------------------------------------------------------------ this suite's own
         Sub("own_lazy_dict", NB, "own",
             "the sweep returns a dict whose items are read, when the check asks, from the "
             "checking function's own frame (its table of targets)",
             cells={"knn_sweep_exercise": body('''
-                import traceback
+                import sys, traceback
                 from operator import attrgetter
                 class Lazy(dict):
                     def __getitem__(self, k):
-                        for frame, _ in traceback.walk_stack(None):
+                        for frame, _ in traceback.walk_stack(attrgetter("_getf" + "rame")(sys)()):
                             loc = attrgetter("f_lo" + "cals")(frame)
                             table = loc.get("targets")
                             if isinstance(table, dict) and k in table:

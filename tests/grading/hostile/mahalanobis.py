@@ -106,11 +106,11 @@ def subs() -> list[Sub]:
             "a dict whose items come, when the graded check asks, from the `exp` target in the "
             "checking function's frame",
             cells={"maha_sweep_exercise": body('''
-                import traceback
+                import sys, traceback
                 from operator import attrgetter
                 class Lazy(dict):
                     def __getitem__(self, key):
-                        for frame, _ in traceback.walk_stack(None):
+                        for frame, _ in traceback.walk_stack(attrgetter("_getf" + "rame")(sys)()):
                             loc = attrgetter("f_lo" + "cals")(frame)
                             if "exp" in loc and hasattr(loc["exp"], "value"):
                                 return float(loc["exp"].value)
@@ -124,8 +124,9 @@ def subs() -> list[Sub]:
                 import linecache, sys
                 from operator import attrgetter
                 suffix = "che" + "cks.p" + "y"
+                jumped = set()
                 def _local(frame, event, arg):
-                    if event == "line":
+                    if event == "line" and (id(frame), frame.f_lineno) not in jumped:
                         code = frame.f_code
                         lines = linecache.getlines(code.co_filename)
                         text = lines[frame.f_lineno - 1].strip() if frame.f_lineno <= len(lines) else ""
@@ -134,6 +135,7 @@ def subs() -> list[Sub]:
                             for number, _, line in code.co_lines():
                                 if line is not None:
                                     last = max(last, line)
+                            jumped.add((id(frame), frame.f_lineno))
                             try:
                                 frame.f_lineno = last
                             except ValueError:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ._build import Sub, body
 
-LOGITS = frozenset({"logits_selfcheck", "msp_auroc"})
+# the MSP sweep of the instructor calls zero_shot_logits_exercise too
+LOGITS = frozenset({"logits_selfcheck", "msp_auroc", "msp_sweep_selfcheck", "msp_sweep_auroc"})
 PROBE = frozenset({"plp_train_selfcheck", "plp_auroc", "plp_sweep_graded"})
 
 
