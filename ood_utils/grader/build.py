@@ -14,11 +14,12 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 from . import course_parts
-from .verdicts import AllOf, KernelReported, SelfCheck
+from .verdicts import AllOf, KernelReported, SelfCheck, Values
 
 __all__ = ["stripped_package", "hidden_cache_files", "NOT_AVAILABLE", "stripped_names"]
 
@@ -43,6 +44,8 @@ def _graded_checks(notebook: str) -> tuple[set[str], set[str]]:
                 walk(p)
         elif isinstance(v, SelfCheck):
             outside.add(v.check)
+        elif isinstance(v, Values):
+            outside.update(getattr(v.judge_fn, "checks", ()))
 
     for gid, verdict in course_parts.VERDICTS.get(notebook, {}).items():
         if isinstance(verdict, KernelReported):
@@ -134,7 +137,9 @@ def stripped_package(notebook: str, cache_dir: Path) -> Path:
     target = Path(cache_dir) / f"ood_utils-{notebook}-{digest.hexdigest()[:12]}"
     if target.is_dir():
         return target
-    tmp = target.with_name(target.name + ".tmp")
+    # built under a name of this process's own, then renamed: two grading processes that
+    # build the same copy at once (--jobs) never see each other's half-written files
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     for p in files:
         dest = tmp / p.relative_to(root)
@@ -146,7 +151,9 @@ def stripped_package(notebook: str, cache_dir: Path) -> Path:
         text, _ = _strip_source(path.read_text(encoding="utf-8"), names, keep)
         path.write_text(text, encoding="utf-8")
     # the checks the grader runs outside: their hints recompute the reference
-    for path in sorted((tmp / "answer_key" / "checks").glob("nb*.py")):
+    for path in sorted((tmp / "answer_key" / "checks").glob("*.py")):
+        if path.name.startswith("__"):
+            continue
         text = path.read_text(encoding="utf-8")
         tree = ast.parse(text)
         names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
@@ -163,7 +170,12 @@ def stripped_package(notebook: str, cache_dir: Path) -> Path:
     for p in tmp.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     tmp.chmod(0o755)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process renamed its copy first: keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():
+            raise
     return target
 
 

@@ -9,7 +9,9 @@ notebook has a verdict.
 """
 from __future__ import annotations
 
-from .verdicts import AllOf, KernelReported, Scores, SelfCheck, Values, Verdict
+import numpy as np
+
+from .verdicts import AllOf, KernelReported, Scores, SelfCheck, SweepCall, Values, Verdict
 
 __all__ = ["VERDICTS", "STRIP", "HIDDEN_CACHES", "declare", "verdict_for"]
 
@@ -105,7 +107,17 @@ def _kmeans_reference(k, relative):
     return reference
 
 
+def _runs(*checks):
+    """Mark a judge with the graded checks it runs here (the sandbox's copy of them only
+    says that the grader decides: :mod:`ood_utils.grader.build`)."""
+    def mark(fn):
+        fn.checks = checks
+        return fn
+    return mark
+
+
 def _sweep(sweep_id, arg):
+    @_runs("check_sweep")
     def judge(profile, **values):
         from ..answer_key.checks import check_sweep
 
@@ -114,6 +126,7 @@ def _sweep(sweep_id, arg):
 
 
 def _result_check(name, arg):
+    @_runs(name)
     def judge(profile, **values):
         from ..answer_key import checks
 
@@ -121,6 +134,7 @@ def _result_check(name, arg):
     return judge
 
 
+@_runs("check_threshold_sweep_results")
 def _cac_sweep(profile, **v):
     from ..answer_key.checks import check_threshold_sweep_results
 
@@ -128,12 +142,72 @@ def _cac_sweep(profile, **v):
                                   v["unknown"])
 
 
+@_runs("check_cac_results")
 def _cac_results(profile, **v):
     from ..answer_key.checks import check_cac_results
     from ..methods import cac
 
     check_cac_results(cac.open_set_summary(v["val"], v["test"], v["test_y"], v["unknown"]),
                       profile)
+
+
+# --------------------------------------------------------------------------- sweeps called
+def _rows(rng, n, size):
+    import torch
+
+    return torch.as_tensor(np.sort(rng.choice(n, size=min(size, n), replace=False)))
+
+
+def _knn_sweep_inputs(profile, rng):
+    f = _feats(profile)
+    train, id_test, ood_test = f["id_train_feats"], f["id_test_feats"], f["ood_test_feats"]
+    return (train[_rows(rng, len(train), 4000)].clone(),
+            id_test[_rows(rng, len(id_test), 800)].clone(),
+            ood_test[_rows(rng, len(ood_test), 800)].clone(), (1, 5, 10, 50, 200))
+
+
+def _knn_sweep_on(train, id_test, ood_test, ks):
+    from ..methods import knn_scores, metrics
+
+    return {k: metrics.auroc(knn_scores(train, id_test, k=k), knn_scores(train, ood_test, k=k))
+            for k in ks}
+
+
+def _shrinkage_inputs(profile, rng):
+    f, (train, id_test, ood_test) = _rotated(profile)
+    rows = _rows(rng, len(train), 6000)
+    import torch
+
+    return (train[rows].clone(), torch.as_tensor(f["id_train_labels"])[rows].clone(),
+            id_test[_rows(rng, len(id_test), 800)].clone(),
+            ood_test[_rows(rng, len(ood_test), 800)].clone(), (0.0, 0.01, 0.1, 0.5, 1.0))
+
+
+def _shrinkage_on(train, labels, id_test, ood_test, alphas):
+    from ..course.sweeps import shrinkage_sweep
+
+    return shrinkage_sweep(train, labels, id_test, ood_test, alphas)
+
+
+def _temperature_inputs(profile, rng):
+    import torch
+
+    f = _feats(profile)
+    id_test, ood_test = f["id_test_feats"], f["ood_test_feats"]
+    classes = int(torch.as_tensor(f["id_train_labels"]).max()) + 1
+    layer = torch.nn.Linear(id_test.shape[1], classes)
+    with torch.no_grad():  # a probe of the grader's own: random, new every run
+        layer.weight.copy_(torch.as_tensor(rng.normal(0, 3.0 / id_test.shape[1] ** 0.5,
+                                                      layer.weight.shape)))
+        layer.bias.copy_(torch.as_tensor(rng.normal(0, 0.5, layer.bias.shape)))
+    return (layer, id_test[_rows(rng, len(id_test), 800)].clone(),
+            ood_test[_rows(rng, len(ood_test), 800)].clone(), (0.1, 1.0, 10.0, 100.0))
+
+
+def _temperature_on(layer, id_test, ood_test, temperatures):
+    from ..course.sweeps import probe_temperature_sweep
+
+    return probe_temperature_sweep(layer, id_test, ood_test, temperatures)
 
 
 _OBJECTS = "its inputs are a model, a tokenizer or a data loader, which the plain-data " \
@@ -149,8 +223,9 @@ declare("02_knn", "knn_selfcheck", SelfCheck("check_knn", ("knn_scores_exercise"
 declare("02_knn", "knn_auroc", Scores("knn", ("score_in", "score_out"), _knn_reference,
                                       rtol=1e-4, atol=1e-5))
 declare("02_knn", "knn_sweep_selfcheck", SelfCheck("check_knn_sweep", ("knn_sweep_exercise",)))
-declare("02_knn", "knn_sweep_auroc", Values((("v", "knn_auroc_by_k"),),
-                                            _result_check("check_knn_sweep_result", "v")))
+declare("02_knn", "knn_sweep_auroc", AllOf((
+    SweepCall("knn_sweep_exercise", _knn_sweep_inputs, _knn_sweep_on),
+    Values((("v", "knn_auroc_by_k"),), _result_check("check_knn_sweep_result", "v")))))
 # --------------------------------------------------------------------------- 03
 declare("03_msp", "text_embeddings_selfcheck", KernelReported(_OBJECTS))
 declare("03_msp", "clip_head_selfcheck", KernelReported(_OBJECTS))
@@ -171,8 +246,9 @@ declare("04_plp", "plp_auroc", Scores("plp", ("score_in", "score_out"), _plp_ref
                                       rtol=1e-3, atol=1e-3))
 declare("04_plp", "plp_sweep_selfcheck", SelfCheck("check_temperature_sweep",
                                                    ("temperature_sweep_exercise",)))
-declare("04_plp", "plp_sweep_graded", Values((("v", "plp_sweep"),),
-                                             _sweep("plp_temperature", "v")))
+declare("04_plp", "plp_sweep_graded", AllOf((
+    SweepCall("temperature_sweep_exercise", _temperature_inputs, _temperature_on),
+    Values((("v", "plp_sweep"),), _sweep("plp_temperature", "v")))))
 # --------------------------------------------------------------------------- 05
 declare("05_mahalanobis", "maha_stats_selfcheck", SelfCheck("check_class_statistics",
                                                             ("class_statistics_exercise",)))
@@ -188,8 +264,9 @@ for _id, _rel in (("md", False), ("rmd", True)):
                    rtol=1e-3, atol=1e-3))
 declare("05_mahalanobis", "maha_sweep_selfcheck", SelfCheck("check_shrinkage_sweep",
                                                             ("shrinkage_sweep_exercise",)))
-declare("05_mahalanobis", "maha_sweep_graded", Values((("v", "md_sweep"),),
-                                                      _sweep("md_shrinkage", "v")))
+declare("05_mahalanobis", "maha_sweep_graded", AllOf((
+    SweepCall("shrinkage_sweep_exercise", _shrinkage_inputs, _shrinkage_on),
+    Values((("v", "md_sweep"),), _sweep("md_shrinkage", "v")))))
 # --------------------------------------------------------------------------- 06
 declare("06_kmeans", "kmeans_maha_selfcheck", AllOf((
     SelfCheck("check_class_statistics", ("class_statistics_exercise",)),

@@ -12,6 +12,9 @@ judges it here, against references computed in the grading process:
   kernel) against the reference's, element by element; the AUROC is the grader's own;
 * :class:`Values`: values captured from the kernel (a sweep table, a summary) judged by a
   graded check run here (it compares with the answer key or a reference computed here);
+* :class:`SweepCall`: the student's sweep function called by the grader on inputs it draws
+  (a random subset of the real features, new every run), its table against the reference
+  sweep on the same inputs, computed here (so a table typed in from the answer key fails);
 * :class:`AllOf`: every one of several verdicts;
 * :class:`KernelReported`: (only where no outside verdict exists yet) the kernel's own check;
   listed in README as not protected.
@@ -27,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Outcome", "Failure", "Verdict", "SelfCheck", "Scores", "Values", "AllOf",
+__all__ = ["Outcome", "Failure", "Verdict", "SelfCheck", "Scores", "Values", "SweepCall", "AllOf",
            "KernelReported", "Context"]
 
 
@@ -209,6 +212,53 @@ class Values(Verdict):
         except (KernelFailure, StudentError) as err:
             return Outcome.fail("no_answer", f"nothing to grade ({err})")
         return _run_check(lambda: self.judge_fn(ctx.profile, **got))
+
+
+@dataclass(frozen=True)
+class SweepCall(Verdict):
+    """``function(*inputs)`` called in the kernel on inputs the grader draws, judged here.
+
+    ``inputs(profile, rng)`` returns the arguments (tensors, a ``torch.nn.Linear``, the grid of
+    settings last); ``rng`` is seeded with the run's secret seed shift, so the inputs differ
+    from run to run and are not in the student's reach. ``reference(*arguments)`` returns the
+    reference sweep ``{setting: AUROC in percent}`` on the same inputs, computed in the grading
+    process. Every setting must be in the student's dict within ``tol`` points.
+    """
+
+    function: str
+    inputs: Callable
+    reference: Callable
+    tol: float = 0.1
+
+    def judge(self, ctx: Context) -> Outcome:
+        args = self.inputs(ctx.profile, np.random.default_rng(ctx.seed_shift))
+        want = self.reference(*args)
+
+        def compare():
+            got = ctx.exchange.call(self.function, *args)
+            if not isinstance(got, dict):
+                raise AssertionError(f"{self.function} returned {type(got).__name__}, not a "
+                                     "dict {setting: AUROC}")
+            wrong = []
+            for setting, w in want.items():
+                g = got.get(setting)
+                if g is None:
+                    raise AssertionError(f"{self.function}: no value for the setting "
+                                         f"{setting!r} (returned keys: {list(got)[:10]})")
+                try:
+                    g = float(g)
+                except (TypeError, ValueError):
+                    raise AssertionError(f"{self.function}: the value for {setting!r} is not a "
+                                         "number") from None
+                if not (np.isfinite(g) and abs(g - float(w)) <= self.tol):
+                    wrong.append(f"{setting!r}: {g:.2f} (reference {float(w):.2f})")
+            if wrong:
+                raise AssertionError(
+                    f"{self.function} on the grader's own inputs (a random subset of the "
+                    f"features): {len(wrong)} of {len(want)} settings differ by more than "
+                    f"{self.tol:g} points from the reference: " + "; ".join(wrong[:5]))
+
+        return _run_check(compare)
 
 
 @dataclass(frozen=True)

@@ -213,3 +213,45 @@ def test_kernel_reported_parts_are_few_and_named():
                      "01_features/split_selfcheck", "03_msp/clip_head_selfcheck",
                      "03_msp/msp_sweep_selfcheck", "03_msp/text_embeddings_selfcheck",
                      "07_cac_osr/cac_training_selfcheck"]
+
+
+# --------------------------------------------------------------------------- sweeps called
+def _notebook_function(notebook, name):
+    """The instructor's solution of ``name`` (its exercise cell), defined in a fresh namespace."""
+    import torch.nn.functional as F
+
+    from ood_utils.methods import metrics
+
+    nb = nbformat.read(Path(__file__).resolve().parents[2] / "notebooks" / f"{notebook}.ipynb",
+                       as_version=4)
+    ns = {"torch": torch, "np": np, "F": F, "metrics": metrics}
+    cell = next(c for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source)
+    exec(compile(cell.source, name, "exec"), ns)
+    return ns
+
+
+@pytest.mark.parametrize("notebook, gid, fn", [
+    ("02_knn", "knn_sweep_auroc", "knn_sweep_exercise"),
+    ("04_plp", "plp_sweep_graded", "temperature_sweep_exercise")])
+def test_a_sweep_is_called_on_the_graders_inputs(tmp_path, notebook, gid, fn):
+    from ood_utils.answer_key.expected import get_sweep
+    from ood_utils.grader.verdicts import AllOf, Context, SweepCall
+
+    verdict = course_parts.verdict_for(notebook, gid)
+    assert isinstance(verdict, AllOf) and isinstance(verdict.parts[0], SweepCall)
+    sweep = verdict.parts[0]
+    ns = _notebook_function(notebook, fn)
+    sweep_id = {"02_knn": "knn_sweep", "04_plp": "plp_temperature"}[notebook]
+    typed = {k: e.value for k, e in get_sweep(sweep_id, "miniclip").items()}
+    forged = {fn: lambda *args, **kw: dict(typed)}  # the answer key's numbers, typed in
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ok = sweep.judge(Context(_exchange(tmp_path / "a", ns), "miniclip", 4242))
+    bad = sweep.judge(Context(_exchange(tmp_path / "b", forged), "miniclip", 4242))
+    assert ok.passed, ok
+    assert not bad.passed and bad.failure.kind == "mismatch" and "grader's own inputs" in \
+        bad.failure.message
+    # the inputs are new every run
+    a = sweep.inputs("miniclip", np.random.default_rng(1))
+    b = sweep.inputs("miniclip", np.random.default_rng(2))
+    assert not torch.equal(a[1], b[1])
