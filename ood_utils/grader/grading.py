@@ -58,7 +58,7 @@ from .course_parts import verdict_for
 from .sandbox import NOT_PROTECTED, UID_BASE, Limits, limit_note, parse_size
 from .verdicts import KernelReported, Outcome
 
-__all__ = ["COLUMNS", "SandboxUnavailable", "Submission", "find_submissions", "match_submission", "graded_parts",
+__all__ = ["COLUMNS", "GradeOptions", "SandboxUnavailable", "Submission", "find_submissions", "match_submission", "graded_parts",
            "restore_locked_cells", "grade_notebook", "grade_submissions", "write_grades_csv",
            "write_summary", "configure_parser", "run"]
 
@@ -366,12 +366,37 @@ class _ReferenceStore(dict):
             os.replace(tmp, self._path(key))
 
 
-def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_CELL_TIMEOUT,
-                   timeout=DEFAULT_TIMEOUT, max_output_chars=DEFAULT_MAX_OUTPUT_CHARS,
-                   jobs=1, sandbox: bool = False, limits: Limits | None = None,
-                   hidden=(), uid: int = UID_BASE, private_dir=None, seed_shift: int = 0
+@dataclass(frozen=True)
+class GradeOptions:
+    """How one submission is graded (what :func:`grade_submissions` hands every worker).
+
+    ``profile``: course profile of the kernel; ``cell_timeout``/``timeout``: seconds per cell
+    and per notebook; ``max_output_chars``: output kept per cell; ``jobs``: submissions graded
+    at once (the kernel's thread pools are sized by it); ``sandbox``, ``limits``, ``uid``,
+    ``hidden``: the bubblewrap sandbox, its limits, the kernel's uid and the folders it must
+    not see; ``private_dir``: the grader's own folder (stripped builds, reference cache; never
+    mounted); ``seed_shift``: the secret shift of the self-checks' seeds for this run.
+    """
+
+    profile: str | None = None
+    cell_timeout: float = DEFAULT_CELL_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT
+    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
+    jobs: int = 1
+    sandbox: bool = False
+    limits: Limits | None = None
+    hidden: tuple = ()
+    uid: int = UID_BASE
+    private_dir: str | None = None
+    seed_shift: int = 0
+
+
+def grade_notebook(sub: Submission, out_dir, options: GradeOptions | None = None, **changes
                    ) -> list[dict]:
     """Run one submission and return its rows (one per part); writes its feedback notebook.
+
+    ``options`` (:class:`GradeOptions`, default: its defaults) with ``changes`` applied
+    (keyword arguments named like its fields).
 
     Never raises for problems of the submission itself: they become rows with status
     ``error`` (unreadable file, kernel died), ``timeout``, ``failed`` or ``rejected`` (the
@@ -379,8 +404,16 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
     With ``sandbox=True`` the kernel runs in a :class:`ood_utils.grader.sandbox.Sandbox` with
     ``limits`` as user ``uid``; ``hidden`` are folders it must not see.
     """
+    import dataclasses
+
     from ..answer_key import checks, screen  # noqa: F401 (checks fill the registry the screen reads)
     from .execute import execute_notebook
+
+    o = dataclasses.replace(options or GradeOptions(), **changes)
+    profile, cell_timeout, timeout, max_output_chars = (o.profile, o.cell_timeout, o.timeout,
+                                                        o.max_output_chars)
+    jobs, sandbox, limits, hidden, uid = o.jobs, o.sandbox, o.limits, o.hidden, o.uid
+    private_dir, seed_shift = o.private_dir, o.seed_shift
 
     out_dir = Path(out_dir)
     if sub.source is None:
@@ -537,7 +570,7 @@ def _worker(conn, sub, out_dir, options, environ, cwd):
         os.environ.clear()
         os.environ.update(environ)
         os.chdir(cwd)
-        rows = grade_notebook(sub, out_dir, **options)
+        rows = grade_notebook(sub, out_dir, options)
         conn.send(json.dumps(rows))
     except BaseException:  # a bug in the grader: report it as rows, do not hang the parent
         conn.send(json.dumps({"crash": traceback.format_exc(limit=3)}))
@@ -587,6 +620,7 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
     list of dict
         One row per (submission, part) with the keys of :data:`COLUMNS`, in submission order.
     """
+    import dataclasses
     import multiprocessing as mp
 
     source_dir = Path(source_dir if source_dir is not None else notebooks_dir()).resolve()
@@ -624,10 +658,10 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
     import secrets
     private_dir = Path(tempfile.mkdtemp(prefix="ood-grader-private-"))  # never mounted
     hidden.append(str(private_dir))
-    options = dict(profile=profile, cell_timeout=cell_timeout, timeout=timeout,
-                   max_output_chars=max_output_chars, jobs=jobs, sandbox=bool(sandbox),
-                   limits=limits, hidden=hidden, private_dir=str(private_dir),
-                   seed_shift=1000 + secrets.randbelow(1 << 30))
+    options = GradeOptions(profile=profile, cell_timeout=cell_timeout, timeout=timeout,
+                           max_output_chars=max_output_chars, jobs=jobs, sandbox=bool(sandbox),
+                           limits=limits, hidden=tuple(hidden), private_dir=str(private_dir),
+                           seed_shift=1000 + secrets.randbelow(1 << 30))
     # children are forked from a server that imported the grader once (a fresh interpreter
     # per submission would spend seconds importing nbformat/nbclient); started now, it does
     # those imports while this process verifies the feature cache
@@ -668,7 +702,8 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
             slot = free_slots.pop(0)
             proc = ctx.Process(target=_worker, daemon=True,
                                args=(child, sub, str(out_dir),
-                                     dict(options, uid=uid_base + slot), dict(os.environ),
+                                     dataclasses.replace(options, uid=uid_base + slot),
+                                     dict(os.environ),
                                      os.getcwd()))
             proc.start()
             child.close()
