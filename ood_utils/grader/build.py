@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from . import course_parts
-from .verdicts import AllOf, KernelReported, SelfCheck, Values
+from .verdicts import AllOf, Computed, KernelReported, SelfCheck, Values
 
 __all__ = ["stripped_package", "hidden_cache_files", "NOT_AVAILABLE", "stripped_names"]
 
@@ -44,7 +44,7 @@ def _graded_checks(notebook: str) -> tuple[set[str], set[str]]:
                 walk(p)
         elif isinstance(v, SelfCheck):
             outside.add(v.check)
-        elif isinstance(v, Values):
+        elif isinstance(v, (Values, Computed)):
             outside.update(getattr(v.judge_fn, "checks", ()))
 
     for gid, verdict in course_parts.VERDICTS.get(notebook, {}).items():

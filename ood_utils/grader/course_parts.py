@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .verdicts import AllOf, KernelReported, Scores, SelfCheck, SweepCall, Values, Verdict
+from .verdicts import (AllOf, Computed, KernelReported, Scores, SelfCheck, SweepCall, Values,
+                       Verdict)
 
 __all__ = ["VERDICTS", "STRIP", "HIDDEN_CACHES", "declare", "verdict_for"]
 
@@ -135,11 +136,51 @@ def _result_check(name, arg):
 
 
 @_runs("check_threshold_sweep_results")
-def _cac_sweep(profile, **v):
-    from ..answer_key.checks import check_threshold_sweep_results
+def _cac_sweep_called(exchange, profile, rng):
+    """07's sweep: the student's TPRS (captured) and threshold_sweep_exercise called on
+    distances the grader draws (six classes; known rows near one anchor), against the
+    reference sweep on the same distances (0.01 points)."""
+    import torch
 
-    check_threshold_sweep_results(v["tprs"], v["accepted"], v["rejected"], v["val"], v["test"],
-                                  v["unknown"])
+    from ..course.cac_experiment import threshold_sweep
+    from ..methods.cac import cac_known_scores
+
+    tprs = exchange.capture({"t": "list(TPRS)"})["t"]
+    try:
+        t = np.asarray(tprs, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise AssertionError("TPRS must be a list of numbers") from None
+    if len(np.unique(t)) < 5 or t.min() < 0.5 or t.max() > 1 or not np.isclose(t, 0.95).any():
+        raise AssertionError(f"the sweep needs at least five different tprs between 0.5 and 1, "
+                             f"0.95 among them; got {t.tolist()}")
+    n = 6
+
+    def draw(rows, known):
+        d = rng.gamma(4.0, 2.0, size=(rows, n))
+        if known:
+            d[np.arange(rows), rng.integers(0, n, rows)] = rng.gamma(2.0, 1.5, rows)
+        return torch.as_tensor(d)
+
+    dist_val, dist_test = draw(int(rng.integers(300, 500)), True), draw(
+        int(rng.integers(300, 500)), True)
+    dist_unknown = draw(int(rng.integers(200, 400)), False)
+    got = exchange.call("threshold_sweep_exercise", *(cac_known_scores(d) for d in (
+        dist_val, dist_test, dist_unknown)), list(t))
+    if not isinstance(got, (list, tuple)) or len(got) != 2:
+        raise AssertionError("threshold_sweep_exercise must return (known_accepted, "
+                             "unknown_rejected)")
+    ref = threshold_sweep(dist_val, dist_test, dist_unknown, t)
+    for label, g, want in (("known accepted", got[0], ref["known_accepted"]),
+                           ("unknown rejected", got[1], ref["unknown_rejected"])):
+        try:  # numbers, 0-d or one-element arrays (NumPy scalars come back as arrays)
+            g = np.asarray([np.asarray(v, dtype=np.float64).reshape(-1)[0]
+                            if np.size(v) == 1 else np.nan for v in g], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise AssertionError(f"{label}: not a list of numbers") from None
+        if g.shape != want.shape or not np.allclose(g, want, rtol=0, atol=0.01):
+            raise AssertionError(f"threshold_sweep_exercise on the grader's own distances: "
+                                 f"{label} {np.round(g, 2).tolist()} differs from the reference "
+                                 f"{np.round(want, 2).tolist()}")
 
 
 @_runs("check_cac_results")
@@ -295,10 +336,7 @@ for _gid, _check, _fn in (
         ("cac_confusion_selfcheck", "check_open_set_confusion", "open_set_confusion_exercise")):
     declare("07_cac_osr", _gid, SelfCheck(_check, (_fn,)))
 declare("07_cac_osr", "cac_training_selfcheck", KernelReported(_OBJECTS))
-declare("07_cac_osr", "cac_sweep_results", Values(
-    (("tprs", "TPRS"), ("accepted", "sweep_accepted"), ("rejected", "sweep_rejected"),
-     ("val", 'dist["val"]'), ("test", 'dist["test"]'), ("unknown", 'dist["unknown"]')),
-    _cac_sweep))
+declare("07_cac_osr", "cac_sweep_results", Computed(_cac_sweep_called))
 declare("07_cac_osr", "cac_results", Values(
     (("val", 'dist["val"]'), ("test", 'dist["test"]'), ("test_y", "data.test_y"),
      ("unknown", 'dist["unknown"]')), _cac_results))

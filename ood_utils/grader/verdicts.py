@@ -15,6 +15,8 @@ judges it here, against references computed in the grading process:
 * :class:`SweepCall`: the student's sweep function called by the grader on inputs it draws
   (a random subset of the real features, new every run), its table against the reference
   sweep on the same inputs, computed here (so a table typed in from the answer key fails);
+* :class:`Computed`: a judge of its own that calls the student's functions on inputs it
+  draws (07's threshold sweep on distances of the grader's);
 * :class:`AllOf`: every one of several verdicts;
 * :class:`KernelReported`: (only where no outside verdict exists yet) the kernel's own check;
   listed in README as not protected.
@@ -30,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Outcome", "Failure", "Verdict", "SelfCheck", "Scores", "Values", "SweepCall", "AllOf",
+__all__ = ["Outcome", "Failure", "Verdict", "SelfCheck", "Scores", "Values", "SweepCall", "Computed", "AllOf",
            "KernelReported", "Context"]
 
 
@@ -259,6 +261,19 @@ class SweepCall(Verdict):
                     f"{self.tol:g} points from the reference: " + "; ".join(wrong[:5]))
 
         return _run_check(compare)
+
+
+@dataclass(frozen=True)
+class Computed(Verdict):
+    """``judge_fn(exchange, profile, rng)`` decides: it calls the student's functions through
+    the exchange on inputs it draws with ``rng`` (seeded with the run's secret seed shift) and
+    raises ``AssertionError`` on a wrong answer."""
+
+    judge_fn: Callable
+
+    def judge(self, ctx: Context) -> Outcome:
+        rng = np.random.default_rng(ctx.seed_shift)
+        return _run_check(lambda: self.judge_fn(ctx.exchange, ctx.profile, rng))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ and on the grader's ``grades.csv`` (columns ``submission``, ``part``, ``score``,
 ``max_score``), read by :func:`read_grades`; nothing here imports the grader. The harm cases
 (files, processes, network) stay in ``tests/test_sandbox.py``.
 
-Slow (one kernel per submission): ``make test-hostile``. Until the grader redesign of issue 16
-lands, most cheats earn points and this test fails; its report names each one.
+Slow (one kernel per submission): ``make test-hostile`` (which ``.ci/run`` calls). The report
+printed with ``-s`` names every submission that earned points it should not have.
 """
 from __future__ import annotations
 

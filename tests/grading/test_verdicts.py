@@ -255,3 +255,28 @@ def test_a_sweep_is_called_on_the_graders_inputs(tmp_path, notebook, gid, fn):
     a = sweep.inputs("miniclip", np.random.default_rng(1))
     b = sweep.inputs("miniclip", np.random.default_rng(2))
     assert not torch.equal(a[1], b[1])
+
+
+def test_the_cac_sweep_is_judged_on_the_graders_distances(tmp_path):
+    from ood_utils.grader.verdicts import Computed, Context
+
+    verdict = course_parts.verdict_for("07_cac_osr", "cac_sweep_results")
+    assert isinstance(verdict, Computed)
+    ns = _notebook_function("07_cac_osr", "threshold_sweep_exercise")
+    ns["TPRS"] = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
+    made_up = {"TPRS": ns["TPRS"],  # plausible numbers, not computed
+               "threshold_sweep_exercise": lambda v, k, u, tprs: (
+                   [100 * t for t in tprs], [100 * (1 - t) for t in tprs])}
+    numpy_items = dict(ns, threshold_sweep_exercise=lambda v, k, u, tprs: tuple(
+        [np.float64(x) for x in part] for part in ns["threshold_sweep_exercise"](v, k, u, tprs)))
+    few = dict(ns, TPRS=[0.9, 0.95])
+    outcomes = []
+    for name, space in (("ok", ns), ("made_up", made_up), ("few", few),
+                        ("numpy_items", numpy_items)):
+        (tmp_path / name).mkdir()
+        outcomes.append(verdict.judge(Context(_exchange(tmp_path / name, space), "miniclip", 99)))
+    ok, bad, short, items = outcomes
+    assert ok.passed, ok
+    assert items.passed, items  # lists of NumPy scalars (an honest variant's) count as numbers
+    assert not bad.passed and "grader's own distances" in bad.failure.message
+    assert not short.passed and "at least five" in short.failure.message
