@@ -10,7 +10,7 @@ PROFILE ?= miniclip
 TEST_WORKERS ?= 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
-.PHONY: setup data course test answer-key test-nbgrader test-nbgrader-class test-browser lab lab-instructor features release clean-cache help
+.PHONY: setup data course test answer-key test-nbgrader test-nbgrader-class test-browser test-hostile lab lab-instructor features release clean-cache help
 
 help:
 	@echo "make course   set up .venv, install the data, run every notebook, print the results table"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-browser  JupyterLab in headless Chromium: every graded notebook solved and run through the page"
 	@echo "make lab      release the notebooks into student/ and open JupyterLab there"
 	@echo "make lab-instructor  open JupyterLab on notebooks/ (the instructor copies, with solutions)"
+	@echo "make test-hostile   grade the hostile set (cheats and honest alternatives, issue 16) in the sandbox (slow)"
 	@echo "make release  write student copies of the notebooks to release/"
 	@echo "PROFILE=clip make course   the original CIFAR-100/CIFAR-10 setup (needs internet and a GPU)"
 
@@ -73,7 +74,7 @@ course: data
 
 test: data
 	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
-		-n $(TEST_WORKERS) --dist loadscope --durations=12 --ignore=tests/answer_key tests notebooks
+		-n $(TEST_WORKERS) --dist loadscope --durations=12 --ignore=tests/answer_key --ignore=tests/grading tests notebooks
 
 # The answer key judged both ways: correct variants a student may write pass, planted mistakes fail.
 answer-key: data
@@ -115,6 +116,14 @@ test-browser: data
 
 # The student folder student/ (released copies; never overwrites a notebook the student
 # changed) in JupyterLab on 127.0.0.1 with a token: python -m ood_utils lab --help
+# The hostile set of issue 16 (tests/grading/hostile/): cheating submissions in five families
+# and honest alternatives, graded with `python -m ood_utils grade --jobs 2` in one run beside
+# the instructor's solutions; every cheat must earn 0 on the parts it did not compute, every
+# honest part full points. Needs the sandbox (bubblewrap, root). About 15 minutes on 2 cores.
+test-hostile: data
+	OOD_PROFILE=miniclip MPLBACKEND=Agg $(ONE_THREAD) $(BIN)/python -m pytest -q -rA -s \
+		tests/grading/test_hostile.py tests/grading/test_grader_cheats.py tests/grading/test_verdicts.py
+
 lab: data
 	$(BIN)/python -m ood_utils lab
 

@@ -234,22 +234,27 @@ def test_fork_bomb_stops_at_the_process_limit(graded):
     assert graded["table"]["bomb"]["centre_public"]["status"] == "ok"
 
 
-def test_patching_the_checks_is_rejected(graded):
+def test_patching_the_checks_earns_nothing(graded):
+    # issue 16: the grader decides outside the kernel, so patching the kernel's checks changes
+    # no verdict; the screen only warns (in the feedback's head), it rejects nothing
     rows = graded["table"]["patcher"]
     assert scores(graded, "patcher") == {**dict.fromkeys(KNN_POINTS, 0), **SWEEP_POINTS}
     for row in (rows[p] for p in KNN_POINTS):
-        assert row["status"] == "rejected"
-        assert "ood_utils.answer_key.checks" in row["message"] and "knn_exercise" in row["message"]
+        assert row["status"] == "failed", row
+    assert "differ from the reference" in rows["knn_auroc"]["message"]
+    feedback = nbformat.read(graded["out"] / "patcher" / "02_knn.ipynb", as_version=4)
+    assert "ood_utils.answer_key.checks" in feedback.cells[0].source
 
 
-def test_returning_the_reference_is_rejected(graded):
+def test_returning_the_reference_earns_nothing(graded):
+    # the sandbox mounts a build without the reference: calling it raises
     rows = graded["table"]["copier"]
     assert scores(graded, "copier") == {**dict.fromkeys(KNN_POINTS, 0), **SWEEP_POINTS}
     for row in (rows[p] for p in KNN_POINTS):
-        assert row["status"] == "rejected"
-        assert "`knn_scores`, the reference implementation" in row["message"]
+        assert row["status"] == "failed", row
+        assert "not available while grading" in row["message"], row
     feedback = nbformat.read(graded["out"] / "copier" / "02_knn.ipynb", as_version=4)
-    assert "reference implementation" in feedback.cells[0].source
+    assert "reference implementation" in feedback.cells[0].source  # the screen's warning
     assert "from ood_utils.methods import knn_scores" in "".join(c.source for c in feedback.cells)
 
 

@@ -33,7 +33,7 @@ from nbclient.util import run_sync
 
 from ..course.cells import cell_source
 
-__all__ = ["ExecutionResult", "execute_notebook", "describe_failure", "truncate_outputs",
+__all__ = ["ExecutionResult", "GraderStepFailed", "execute_notebook", "describe_failure", "truncate_outputs",
            "cell_errors"]
 
 _SHORT = 300  # characters kept of an error message in ExecutionResult
@@ -254,7 +254,8 @@ def execute_notebook(nb, cwd, env: Mapping[str, str | None] | None = None,
                      cell_timeout: float | None = 600, timeout: float | None = None,
                      allow_errors: bool = False, kernel_name: str = "python3",
                      progress: bool | str = False, max_output_chars: int | None = None,
-                     quiet_kernel: bool = False, sandbox=None) -> ExecutionResult:
+                     quiet_kernel: bool = False, sandbox=None, after_cell=None
+                     ) -> ExecutionResult:
     """Execute every code cell of ``nb`` in a new kernel process and report what happened.
 
     Parameters
@@ -286,6 +287,11 @@ def execute_notebook(nb, cwd, env: Mapping[str, str | None] | None = None,
         Start the kernel inside this sandbox (see :mod:`ood_utils.grader.sandbox`): ``cwd`` must then
         be ``sandbox.workdir``, and only the variables the sandbox passes on reach the kernel.
         When the sandboxed kernel dies, ``evalue`` says why when it can (e.g. the CPU limit).
+    after_cell : callable, optional
+        ``after_cell(index, run_code)`` is called (in a worker thread) after every code cell
+        that finished; ``run_code(code)`` runs more code in the same kernel and returns when it
+        is done, raising :class:`GraderStepFailed` when the kernel died or timed out (the
+        grader's steps, :mod:`ood_utils.grader.exchange`). Their outputs are not stored.
 
     Returns
     -------
@@ -293,7 +299,57 @@ def execute_notebook(nb, cwd, env: Mapping[str, str | None] | None = None,
     """
     return run_sync(_execute_async)(nb, Path(cwd), env, cell_timeout, timeout, allow_errors,
                                     kernel_name, progress, max_output_chars, quiet_kernel,
-                                    sandbox)
+                                    sandbox, after_cell)
+
+
+class GraderStepFailed(Exception):
+    """A grader step could not run in the kernel (``status``: ``dead_kernel`` or ``timeout``)."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def _grader_steps(client, after_cell, index, cell_timeout, deadline):
+    """Run ``after_cell(index, run_code)`` in a thread; None, or (status, ename, evalue)."""
+    loop = asyncio.get_running_loop()
+    stopped: list = []
+
+    async def run(code):
+        remaining = None if deadline is None else deadline - time.monotonic()
+        limits = [t for t in (cell_timeout, remaining) if t is not None]
+        limit = min(limits) if limits else None
+        if limit is not None and limit <= 0:
+            raise GraderStepFailed("timeout", "notebook time limit reached")
+        client.timeout = None if limit is None else max(1, int(math.ceil(limit)))
+        cell = nbformat.v4.new_code_cell(code)
+        try:
+            await asyncio.wait_for(client.async_execute_cell(cell, -1, store_history=False),
+                                   None if limit is None else limit + 30)
+        except CellTimeoutError:
+            raise GraderStepFailed("timeout", "a grader step ran past the time limit") from None
+        except asyncio.TimeoutError:
+            raise GraderStepFailed("timeout", "no reply from the kernel") from None
+        except DeadKernelError:
+            raise GraderStepFailed("dead_kernel", "the kernel died") from None
+        except CellExecutionError:
+            pass  # the answer file says what happened (or nothing: no verdict)
+
+    def run_code(code):
+        if stopped:
+            raise GraderStepFailed(*stopped[0])
+        try:
+            asyncio.run_coroutine_threadsafe(run(code), loop).result()
+        except GraderStepFailed as err:
+            stopped.append((err.status, str(err)))
+            raise
+
+    await loop.run_in_executor(None, after_cell, index, run_code)
+    if stopped:
+        status, message = stopped[0]
+        return status, ("DeadKernelError" if status == "dead_kernel" else "CellTimeoutError"), \
+            message
+    return None
 
 
 def _kernel_env(env) -> dict[str, str]:
@@ -307,8 +363,8 @@ def _kernel_env(env) -> dict[str, str]:
 
 
 async def _execute_async(nb, cwd, env, cell_timeout, timeout, allow_errors, kernel_name,
-                         progress, max_output_chars, quiet_kernel, sandbox=None
-                         ) -> ExecutionResult:
+                         progress, max_output_chars, quiet_kernel, sandbox=None,
+                         after_cell=None) -> ExecutionResult:
     start = time.monotonic()
     deadline = None if timeout is None else start + float(timeout)
     result = ExecutionResult(nb=nb)
@@ -399,6 +455,13 @@ async def _execute_async(nb, cwd, env, cell_timeout, timeout, allow_errors, kern
                 if err is not None:  # allow_errors=True: recorded, execution goes on
                     result.errors[index] = err
                     fail("error", index, *err)
+                if after_cell is not None:
+                    stop = await _grader_steps(client, after_cell, index, cell_timeout,
+                                               deadline)
+                    if stop is not None:
+                        fail(stop[0], index, stop[1], died() if stop[0] == "dead_kernel"
+                             else stop[2])
+                        break
     except DeadKernelError as err:  # died at start-up or during the kernel_info handshake
         fail("dead_kernel", None, "DeadKernelError", str(err))
     except Exception as err:  # kernel could not be started

@@ -54,9 +54,11 @@ import nbformat
 from ..course._io import atomic_write_text
 from ..course.cells import cell_source, is_graded_part, is_locked, nbgrader_meta
 from ..course.profiles import PROFILES, notebooks_dir
+from .course_parts import verdict_for
 from .sandbox import NOT_PROTECTED, UID_BASE, Limits, limit_note, parse_size
+from .verdicts import KernelReported, Outcome
 
-__all__ = ["COLUMNS", "SandboxUnavailable", "Submission", "find_submissions", "match_submission", "graded_parts",
+__all__ = ["COLUMNS", "GradeOptions", "SandboxUnavailable", "Submission", "find_submissions", "match_submission", "graded_parts",
            "restore_locked_cells", "grade_notebook", "grade_submissions", "write_grades_csv",
            "write_summary", "configure_parser", "run"]
 
@@ -306,11 +308,95 @@ def _stub(finding) -> str:
             + ")\n")
 
 
-def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_CELL_TIMEOUT,
-                   timeout=DEFAULT_TIMEOUT, max_output_chars=DEFAULT_MAX_OUTPUT_CHARS,
-                   jobs=1, sandbox: bool = False, limits: Limits | None = None,
-                   hidden=(), uid: int = UID_BASE) -> list[dict]:
+def judge_part(verdict, exchange_dir, run_code, box, profile, seed_shift, private_dir
+               ) -> Outcome:
+    """The grader's verdict on one part, from plain data the kernel hands over."""
+    from .exchange import Exchange, KernelFailure
+    from .execute import GraderStepFailed
+    from .verdicts import Context
+
+    def run(code):
+        try:
+            run_code(code)
+        except GraderStepFailed as err:
+            raise KernelFailure(f"the kernel stopped during the grader's step ({err})") from None
+
+    exchange = Exchange(Path(exchange_dir) / f"part{len(list(Path(exchange_dir).iterdir())):02d}",
+                        run, give=(box.give if box is not None else None))
+    exchange.folder.mkdir(mode=0o755)
+    exchange.kernel_folder = exchange.folder
+    ctx = Context(exchange, profile, seed_shift,
+                  references=_ReferenceStore(Path(private_dir) / "references"
+                                             if private_dir else None))
+    try:
+        return verdict.judge(ctx)
+    except Exception as err:  # noqa: BLE001 - a bug of the grader: no points, say so
+        return Outcome.fail("grader", f"grader error: {type(err).__name__}: {err}")
+
+
+class _ReferenceStore(dict):
+    """Reference score vectors, kept in the grader's private folder for the whole run."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def _path(self, key):
+        return self.folder / ("-".join(map(str, key)) + ".npz")
+
+    def __contains__(self, key):
+        if dict.__contains__(self, key):
+            return True
+        if self.folder is not None and self._path(key).is_file():
+            import numpy as np
+            with np.load(self._path(key), allow_pickle=False) as z:
+                dict.__setitem__(self, key, (z["a"], z["b"]))
+            return True
+        return False
+
+    def __setitem__(self, key, value):
+        import numpy as np
+        import torch
+        value = tuple(torch.as_tensor(v).detach().double().cpu().numpy() for v in value)
+        dict.__setitem__(self, key, value)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self._path(key).with_suffix(f".tmp{os.getpid()}.npz")
+            np.savez(tmp, a=value[0], b=value[1])
+            os.replace(tmp, self._path(key))
+
+
+@dataclass(frozen=True)
+class GradeOptions:
+    """How one submission is graded (what :func:`grade_submissions` hands every worker).
+
+    ``profile``: course profile of the kernel; ``cell_timeout``/``timeout``: seconds per cell
+    and per notebook; ``max_output_chars``: output kept per cell; ``jobs``: submissions graded
+    at once (the kernel's thread pools are sized by it); ``sandbox``, ``limits``, ``uid``,
+    ``hidden``: the bubblewrap sandbox, its limits, the kernel's uid and the folders it must
+    not see; ``private_dir``: the grader's own folder (stripped builds, reference cache; never
+    mounted); ``seed_shift``: the secret shift of the self-checks' seeds for this run.
+    """
+
+    profile: str | None = None
+    cell_timeout: float = DEFAULT_CELL_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT
+    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
+    jobs: int = 1
+    sandbox: bool = False
+    limits: Limits | None = None
+    hidden: tuple = ()
+    uid: int = UID_BASE
+    private_dir: str | None = None
+    seed_shift: int = 0
+
+
+def grade_notebook(sub: Submission, out_dir, options: GradeOptions | None = None, **changes
+                   ) -> list[dict]:
     """Run one submission and return its rows (one per part); writes its feedback notebook.
+
+    ``options`` (:class:`GradeOptions`, default: its defaults) with ``changes`` applied
+    (keyword arguments named like its fields).
 
     Never raises for problems of the submission itself: they become rows with status
     ``error`` (unreadable file, kernel died), ``timeout``, ``failed`` or ``rejected`` (the
@@ -318,8 +404,16 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
     With ``sandbox=True`` the kernel runs in a :class:`ood_utils.grader.sandbox.Sandbox` with
     ``limits`` as user ``uid``; ``hidden`` are folders it must not see.
     """
+    import dataclasses
+
     from ..answer_key import checks, screen  # noqa: F401 (checks fill the registry the screen reads)
     from .execute import execute_notebook
+
+    o = dataclasses.replace(options or GradeOptions(), **changes)
+    profile, cell_timeout, timeout, max_output_chars = (o.profile, o.cell_timeout, o.timeout,
+                                                        o.max_output_chars)
+    jobs, sandbox, limits, hidden, uid = o.jobs, o.sandbox, o.limits, o.hidden, o.uid
+    private_dir, seed_shift = o.private_dir, o.seed_shift
 
     out_dir = Path(out_dir)
     if sub.source is None:
@@ -345,32 +439,65 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
     nb.metadata["kernelspec"] = instructor.metadata.get(
         "kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     findings = screen.screen_notebook(nb, instructor)
+    # the screen decides nothing for a part the grader judges outside the kernel; it still
+    # guards the parts whose verdict is the kernel's own (KernelReported): those flagged
+    # cells are not run
+    stem = Path(sub.source).stem
+    verdicts = {gid: verdict_for(stem, gid) for gid, _ in parts}
+    trusted_kernel = {gid for gid, v in verdicts.items() if v is None or isinstance(v, KernelReported)}
+    findings = [f for f in findings if set(f.parts) & trusted_kernel] + \
+        [f for f in findings if not set(f.parts) & trusted_kernel]
     originals = {}
     for finding in findings:  # a flagged cell is not run: it could patch what comes after
+        if not set(finding.parts) & trusted_kernel:
+            continue
         cell = nb.cells[finding.cell_index]
         originals[finding.cell_index] = cell_source(cell)
         cell.source = _stub(finding)
     limits = limits or Limits()
     root = Path(tempfile.mkdtemp(prefix="ood-grade-"))
+    by_index = {i: nbgrader_meta(c).get("grade_id") for i, c in enumerate(nb.cells)
+                if is_graded_part(c)}
+    outcomes: dict[str, Outcome] = {}
     try:
         box = None
+        readable = _sandbox_paths(profile)
+        hide = list(hidden)
+        if private_dir is not None:
+            from .build import hidden_cache_files, stripped_package
+            from ..course.profiles import features_dir
+            package = stripped_package(stem, Path(private_dir))
+            readable = [(package, readable[0])] + readable[1:]
+            hide += [str(p) for p in hidden_cache_files(stem, features_dir(profile))]
         if sandbox:
             from .sandbox import Sandbox
-            box = Sandbox(root, readable=_sandbox_paths(profile), hidden=list(hidden),
-                          limits=limits, uid=uid)
+            box = Sandbox(root, readable=readable, hidden=hide, limits=limits, uid=uid)
             box.seed_home()
             workdir = box.workdir
+            exchange_dir = box.exchange_dir
         else:
-            workdir = root
+            workdir = root / "work"
+            workdir.mkdir()
+            exchange_dir = root / "exchange"
+            exchange_dir.mkdir()
+
+        def after_cell(index, run_code):
+            gid = by_index.get(index)
+            verdict = verdicts.get(gid)
+            if gid is None or verdict is None or isinstance(verdict, KernelReported):
+                return
+            outcomes[gid] = judge_part(verdict, exchange_dir, run_code, box, profile,
+                                       seed_shift, private_dir)
+
         result = execute_notebook(nb, cwd=workdir, env=_kernel_env(workdir, profile, jobs),
                                   cell_timeout=cell_timeout, timeout=timeout, allow_errors=True,
                                   max_output_chars=max_output_chars, quiet_kernel=True,
-                                  sandbox=box)
+                                  sandbox=box, after_cell=after_cell)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     for index, source in originals.items():  # the feedback shows what the student wrote
         nb.cells[index].source = source
-    rejected = {part: f for f in findings for part in f.parts}
+    rejected = {part: f for f in findings for part in f.parts if part in trusted_kernel}
 
     index = {(nbgrader_meta(c).get("grade_id")): i for i, c in enumerate(nb.cells) if is_graded_part(c)}
     stop = result.cell_index if result.status in ("timeout", "dead_kernel") else None
@@ -380,6 +507,15 @@ def grade_notebook(sub: Submission, out_dir, profile=None, cell_timeout=DEFAULT_
         row = dict(submission=sub.key, part=gid, score=0, max_score=points)
         if i is None:  # cannot happen after restoring, kept for safety
             row.update(status="error", message="check cell missing")
+        elif gid in outcomes:  # the grader's own verdict, whatever the kernel printed
+            outcome = outcomes[gid]
+            if outcome.passed:
+                row.update(score=points, status="ok", message=outcome.note)
+            else:
+                row.update(status="failed", message=outcome.failure.message)
+        elif gid not in trusted_kernel and i in result.completed and result.status not in (
+                "timeout", "dead_kernel"):
+            row.update(status="error", message="no verdict: the grader could not judge this part")
         elif gid in rejected:
             row.update(status="rejected", message=rejected[gid].message())
         elif i in result.errors:
@@ -434,7 +570,7 @@ def _worker(conn, sub, out_dir, options, environ, cwd):
         os.environ.clear()
         os.environ.update(environ)
         os.chdir(cwd)
-        rows = grade_notebook(sub, out_dir, **options)
+        rows = grade_notebook(sub, out_dir, options)
         conn.send(json.dumps(rows))
     except BaseException:  # a bug in the grader: report it as rows, do not hang the parent
         conn.send(json.dumps({"crash": traceback.format_exc(limit=3)}))
@@ -484,6 +620,7 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
     list of dict
         One row per (submission, part) with the keys of :data:`COLUMNS`, in submission order.
     """
+    import dataclasses
     import multiprocessing as mp
 
     source_dir = Path(source_dir if source_dir is not None else notebooks_dir()).resolve()
@@ -518,9 +655,13 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
     hidden = sorted({str(source_dir), str(out_dir), str(Path(notebooks_dir()).resolve())}
                     | {str(Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent)
                        for p in paths})
-    options = dict(profile=profile, cell_timeout=cell_timeout, timeout=timeout,
-                   max_output_chars=max_output_chars, jobs=jobs, sandbox=bool(sandbox),
-                   limits=limits, hidden=hidden)
+    import secrets
+    private_dir = Path(tempfile.mkdtemp(prefix="ood-grader-private-"))  # never mounted
+    hidden.append(str(private_dir))
+    options = GradeOptions(profile=profile, cell_timeout=cell_timeout, timeout=timeout,
+                           max_output_chars=max_output_chars, jobs=jobs, sandbox=bool(sandbox),
+                           limits=limits, hidden=tuple(hidden), private_dir=str(private_dir),
+                           seed_shift=1000 + secrets.randbelow(1 << 30))
     # children are forked from a server that imported the grader once (a fresh interpreter
     # per submission would spend seconds importing nbformat/nbclient); started now, it does
     # those imports while this process verifies the feature cache
@@ -532,6 +673,9 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
     forkserver.ensure_running()
     if subs:
         _prepare_feature_cache(profile, progress)
+        from .build import stripped_package
+        for stem in sorted({Path(s.source).stem for s in subs if s.source is not None}):
+            stripped_package(stem, private_dir)  # once, before the children need it
     # one uid per running submission (the process limit counts per uid); another grader
     # running at the same time gets other uids
     uid_base = UID_BASE + (os.getpid() % 4096) * 64
@@ -558,7 +702,8 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
             slot = free_slots.pop(0)
             proc = ctx.Process(target=_worker, daemon=True,
                                args=(child, sub, str(out_dir),
-                                     dict(options, uid=uid_base + slot), dict(os.environ),
+                                     dataclasses.replace(options, uid=uid_base + slot),
+                                     dict(os.environ),
                                      os.getcwd()))
             proc.start()
             child.close()
@@ -593,6 +738,7 @@ def grade_submissions(paths, source_dir=None, out_dir="grades", profile=None, jo
         time.sleep(0.05)
     if bar is not None:
         bar.close()
+    shutil.rmtree(private_dir, ignore_errors=True)
     rows = [row for i in range(len(subs)) for row in results[i]]
     write_grades_csv(rows, out_dir / "grades.csv")
     write_summary(rows, out_dir / "summary.md")

@@ -172,6 +172,7 @@ class Sandbox:
         for sub in ("work", "home", "conn"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._give(self.root)
+        self.exchange_dir.mkdir(mode=0o755, exist_ok=True)  # stays the grader's
 
     @property
     def workdir(self) -> Path:
@@ -184,6 +185,16 @@ class Sandbox:
     @property
     def conn_dir(self) -> Path:
         return self.root / "conn"
+
+    @property
+    def exchange_dir(self) -> Path:
+        """The grader's folder for plain-data steps (root-owned; ``out/`` folders are given)."""
+        return self.root / "exchange"
+
+    def give(self, path) -> None:
+        """Hand one folder to the kernel's uid (an answer folder of the exchange)."""
+        if os.geteuid() == 0:
+            os.chown(path, self.uid, self.uid)
 
     def _give(self, path: Path) -> None:
         """Make ``path`` (and below) belong to the sandbox's uid."""
@@ -252,18 +263,26 @@ class Sandbox:
             return out
 
         seen: list[str] = []
-        for p in self.python_dirs() + [Path(x) for x in self.readable]:
+        overlays = [x for x in self.readable if isinstance(x, tuple)]
+        for p in self.python_dirs() + [Path(x) for x in self.readable
+                                       if not isinstance(x, tuple)]:
             p = Path(os.path.realpath(p))
             if not p.exists() or \
                     any(str(p) == s or str(p).startswith(s + "/") for s in seen):
                 continue
             seen.append(str(p))
             cmd += parents(p) + ["--ro-bind", str(p), str(p)]
+        for src, dest in overlays:  # (source, path inside): e.g. the stripped package
+            dest = Path(os.path.realpath(dest))
+            cmd += parents(dest) + ["--ro-bind", str(src), str(dest)]
         for p in self.hidden:
             p = Path(os.path.realpath(p))
             if any(str(p) == s or str(p).startswith(s + "/") for s in seen):
-                cmd += ["--tmpfs", str(p)]
-        for sub in (self.workdir, self.home, self.conn_dir):
+                if p.is_file():  # a cache file that holds an answer: an empty file instead
+                    cmd += ["--ro-bind", "/dev/null", str(p)]
+                else:
+                    cmd += ["--tmpfs", str(p)]
+        for sub in (self.workdir, self.home, self.conn_dir, self.exchange_dir):
             cmd += parents(sub) + ["--bind", str(sub), str(sub)]
         cmd += ["--chdir", str(cwd)]
         cmd += ["--", _tool("setpriv") or "setpriv", f"--reuid={self.uid}",

@@ -159,8 +159,13 @@ def _softmax(z: np.ndarray, axis: int = 1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+#: added to every seed of the checks' random inputs; 0 for the public checks, a secret per
+#: run when the grader runs a check outside the kernel (ood_utils.grader.verdicts)
+SEED_SHIFT = 0
+
+
 def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(seed + SEED_SHIFT)
 
 
 def _random_feats(n: int, d: int, seed: int) -> torch.Tensor:

@@ -1,0 +1,375 @@
+"""The verdict of every graded part of the course, and what a grading sandbox must not hold.
+
+``VERDICTS[notebook stem][grade_id]`` says how the grader decides the part
+(:mod:`ood_utils.grader.verdicts`); ``STRIP[notebook stem]`` names the reference
+implementations removed from the package the sandbox mounts while that notebook is graded
+(:mod:`ood_utils.grader.build`), ``HIDDEN_CACHES`` the cache files that hold an exercise's
+answer. ``tests/grading/test_verdicts.py`` checks that every graded cell of every instructor
+notebook has a verdict.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .verdicts import (AllOf, Computed, KernelReported, Scores, SelfCheck, SweepCall, Values,
+                       Verdict)
+
+__all__ = ["VERDICTS", "STRIP", "HIDDEN_CACHES", "declare", "verdict_for"]
+
+VERDICTS: dict[str, dict[str, Verdict]] = {}
+
+
+def declare(notebook: str, grade_id: str, verdict: Verdict) -> None:
+    """Declare the verdict of one graded cell (``grade_id``) of ``notebook`` (a stem)."""
+    parts = VERDICTS.setdefault(notebook, {})
+    if grade_id in parts:
+        raise ValueError(f"{notebook}/{grade_id}: declared twice")
+    parts[grade_id] = verdict
+
+
+def verdict_for(notebook: str, grade_id: str) -> Verdict | None:
+    return VERDICTS.get(notebook, {}).get(grade_id)
+
+
+# --------------------------------------------------------------------------- references
+def _feats(profile):
+    from ..course.features import load_features
+
+    return load_features(profile, progress=False)
+
+
+def _knn_reference(profile):
+    from ..methods import knn_scores
+
+    f = _feats(profile)
+    return (knn_scores(f["id_train_feats"], f["id_test_feats"], k=1),
+            knn_scores(f["id_train_feats"], f["ood_test_feats"], k=1))
+
+
+def _msp_reference(profile):
+    from ..course import pipeline
+    from ..methods import msp_scores
+
+    z = pipeline.zero_shot_logits(profile, progress=False)
+    return msp_scores(z["id_test"]), msp_scores(z["ood_test"])
+
+
+def _probe(profile):
+    from ..course import pipeline
+
+    return pipeline.plp_probe(seed=0, profile=profile, progress=False)
+
+
+def _plp_reference(profile):
+    from ..methods import msp_scores
+
+    p = _probe(profile)
+    return msp_scores(p["id_test"]), msp_scores(p["ood_test"])
+
+
+def _plp_md_reference(relative):
+    def reference(profile):
+        from ..methods import mahalanobis_scores
+
+        p = _probe(profile)
+        return tuple(mahalanobis_scores(p["id_train"], p["pseudo_id_train"], p[split],
+                                        relative=relative) for split in ("id_test", "ood_test"))
+    return reference
+
+
+def _rotated(profile):
+    from ..methods import drop_degenerate_directions
+
+    f = _feats(profile)
+    return f, drop_degenerate_directions(f["id_train_feats"], f["id_test_feats"],
+                                         f["ood_test_feats"])
+
+
+def _md_reference(relative):
+    def reference(profile):
+        from ..methods import mahalanobis_scores
+
+        f, (train, id_test, ood_test) = _rotated(profile)
+        return tuple(mahalanobis_scores(train, f["id_train_labels"], x, relative=relative)
+                     for x in (id_test, ood_test))
+    return reference
+
+
+def _kmeans_reference(k, relative):
+    def reference(profile):
+        import torch
+
+        from ..methods import kmeans_mahalanobis_scores
+
+        _, (train, id_test, ood_test) = _rotated(profile)
+        s = torch.as_tensor(kmeans_mahalanobis_scores(
+            train, torch.cat([id_test, ood_test]), k, relative=relative, seed=0)).double()
+        return s[:len(id_test)], s[len(id_test):]
+    return reference
+
+
+def _runs(*checks):
+    """Mark a judge with the graded checks it runs here (the sandbox's copy of them only
+    says that the grader decides: :mod:`ood_utils.grader.build`)."""
+    def mark(fn):
+        fn.checks = checks
+        return fn
+    return mark
+
+
+def _sweep(sweep_id, arg):
+    @_runs("check_sweep")
+    def judge(profile, **values):
+        from ..answer_key.checks import check_sweep
+
+        check_sweep(sweep_id, values[arg], profile)
+    return judge
+
+
+def _result_check(name, arg):
+    @_runs(name)
+    def judge(profile, **values):
+        from ..answer_key import checks
+
+        getattr(checks, name)(values[arg], profile)
+    return judge
+
+
+@_runs("check_threshold_sweep_results")
+def _cac_sweep_called(exchange, profile, rng):
+    """07's sweep: the student's TPRS (captured) and threshold_sweep_exercise called on
+    distances the grader draws (six classes; known rows near one anchor), against the
+    reference sweep on the same distances (0.01 points)."""
+    import torch
+
+    from ..course.cac_experiment import threshold_sweep
+    from ..methods.cac import cac_known_scores
+
+    tprs = exchange.capture({"t": "list(TPRS)"})["t"]
+    try:
+        t = np.asarray(tprs, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise AssertionError("TPRS must be a list of numbers") from None
+    if len(np.unique(t)) < 5 or t.min() < 0.5 or t.max() > 1 or not np.isclose(t, 0.95).any():
+        raise AssertionError(f"the sweep needs at least five different tprs between 0.5 and 1, "
+                             f"0.95 among them; got {t.tolist()}")
+    n = 6
+
+    def draw(rows, known):
+        d = rng.gamma(4.0, 2.0, size=(rows, n))
+        if known:
+            d[np.arange(rows), rng.integers(0, n, rows)] = rng.gamma(2.0, 1.5, rows)
+        return torch.as_tensor(d)
+
+    dist_val, dist_test = draw(int(rng.integers(300, 500)), True), draw(
+        int(rng.integers(300, 500)), True)
+    dist_unknown = draw(int(rng.integers(200, 400)), False)
+    got = exchange.call("threshold_sweep_exercise", *(cac_known_scores(d) for d in (
+        dist_val, dist_test, dist_unknown)), list(t))
+    if not isinstance(got, (list, tuple)) or len(got) != 2:
+        raise AssertionError("threshold_sweep_exercise must return (known_accepted, "
+                             "unknown_rejected)")
+    ref = threshold_sweep(dist_val, dist_test, dist_unknown, t)
+    for label, g, want in (("known accepted", got[0], ref["known_accepted"]),
+                           ("unknown rejected", got[1], ref["unknown_rejected"])):
+        try:  # numbers, 0-d or one-element arrays (NumPy scalars come back as arrays)
+            g = np.asarray([np.asarray(v, dtype=np.float64).reshape(-1)[0]
+                            if np.size(v) == 1 else np.nan for v in g], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise AssertionError(f"{label}: not a list of numbers") from None
+        if g.shape != want.shape or not np.allclose(g, want, rtol=0, atol=0.01):
+            raise AssertionError(f"threshold_sweep_exercise on the grader's own distances: "
+                                 f"{label} {np.round(g, 2).tolist()} differs from the reference "
+                                 f"{np.round(want, 2).tolist()}")
+
+
+@_runs("check_cac_results")
+def _cac_results(profile, **v):
+    from ..answer_key.checks import check_cac_results
+    from ..methods import cac
+
+    check_cac_results(cac.open_set_summary(v["val"], v["test"], v["test_y"], v["unknown"]),
+                      profile)
+
+
+# --------------------------------------------------------------------------- sweeps called
+def _rows(rng, n, size):
+    import torch
+
+    return torch.as_tensor(np.sort(rng.choice(n, size=min(size, n), replace=False)))
+
+
+def _knn_sweep_inputs(profile, rng):
+    f = _feats(profile)
+    train, id_test, ood_test = f["id_train_feats"], f["id_test_feats"], f["ood_test_feats"]
+    return (train[_rows(rng, len(train), 4000)].clone(),
+            id_test[_rows(rng, len(id_test), 800)].clone(),
+            ood_test[_rows(rng, len(ood_test), 800)].clone(), (1, 5, 10, 50, 200))
+
+
+def _knn_sweep_on(train, id_test, ood_test, ks):
+    from ..methods import knn_scores, metrics
+
+    return {k: metrics.auroc(knn_scores(train, id_test, k=k), knn_scores(train, ood_test, k=k))
+            for k in ks}
+
+
+def _shrinkage_inputs(profile, rng):
+    f, (train, id_test, ood_test) = _rotated(profile)
+    rows = _rows(rng, len(train), 6000)
+    import torch
+
+    return (train[rows].clone(), torch.as_tensor(f["id_train_labels"])[rows].clone(),
+            id_test[_rows(rng, len(id_test), 800)].clone(),
+            ood_test[_rows(rng, len(ood_test), 800)].clone(), (0.0, 0.01, 0.1, 0.5, 1.0))
+
+
+def _shrinkage_on(train, labels, id_test, ood_test, alphas):
+    from ..course.sweeps import shrinkage_sweep
+
+    return shrinkage_sweep(train, labels, id_test, ood_test, alphas)
+
+
+def _temperature_inputs(profile, rng):
+    import torch
+
+    f = _feats(profile)
+    id_test, ood_test = f["id_test_feats"], f["ood_test_feats"]
+    classes = int(torch.as_tensor(f["id_train_labels"]).max()) + 1
+    layer = torch.nn.Linear(id_test.shape[1], classes)
+    with torch.no_grad():  # a probe of the grader's own: random, new every run
+        layer.weight.copy_(torch.as_tensor(rng.normal(0, 3.0 / id_test.shape[1] ** 0.5,
+                                                      layer.weight.shape)))
+        layer.bias.copy_(torch.as_tensor(rng.normal(0, 0.5, layer.bias.shape)))
+    return (layer, id_test[_rows(rng, len(id_test), 800)].clone(),
+            ood_test[_rows(rng, len(ood_test), 800)].clone(), (0.1, 1.0, 10.0, 100.0))
+
+
+def _temperature_on(layer, id_test, ood_test, temperatures):
+    from ..course.sweeps import probe_temperature_sweep
+
+    return probe_temperature_sweep(layer, id_test, ood_test, temperatures)
+
+
+_OBJECTS = "its inputs are a model, a tokenizer or a data loader, which the plain-data " \
+           "exchange does not carry yet"
+
+# --------------------------------------------------------------------------- 00-01
+declare("00_tiny_clip", "clip_loss_selfcheck", SelfCheck("check_clip_loss", ("clip_loss_exercise",)))
+declare("01_features", "split_selfcheck", KernelReported(_OBJECTS))
+declare("01_features", "features_selfcheck", KernelReported(_OBJECTS))
+declare("01_features", "features_shapes", KernelReported(_OBJECTS))
+# --------------------------------------------------------------------------- 02
+declare("02_knn", "knn_selfcheck", SelfCheck("check_knn", ("knn_scores_exercise",)))
+declare("02_knn", "knn_auroc", Scores("knn", ("score_in", "score_out"), _knn_reference,
+                                      rtol=1e-4, atol=1e-5))
+declare("02_knn", "knn_sweep_selfcheck", SelfCheck("check_knn_sweep", ("knn_sweep_exercise",)))
+declare("02_knn", "knn_sweep_auroc", AllOf((
+    SweepCall("knn_sweep_exercise", _knn_sweep_inputs, _knn_sweep_on),
+    Values((("v", "knn_auroc_by_k"),), _result_check("check_knn_sweep_result", "v")))))
+# --------------------------------------------------------------------------- 03
+declare("03_msp", "text_embeddings_selfcheck", KernelReported(_OBJECTS))
+declare("03_msp", "clip_head_selfcheck", KernelReported(_OBJECTS))
+declare("03_msp", "logits_selfcheck", SelfCheck("check_zero_shot_logits",
+                                                ("zero_shot_logits_exercise",)))
+declare("03_msp", "msp_selfcheck", SelfCheck("check_msp", ("msp_exercise",)))
+declare("03_msp", "msp_auroc", Scores("msp", ("score_in", "score_out"), _msp_reference,
+                                      rtol=1e-3, atol=1e-5))
+declare("03_msp", "msp_sweep_selfcheck", KernelReported(_OBJECTS))
+declare("03_msp", "msp_sweep_auroc", Values((("v", "msp_auroc_by_setting"),),
+                                            _result_check("check_msp_sweep_result", "v")))
+# --------------------------------------------------------------------------- 04
+declare("04_plp", "plp_labels_selfcheck", SelfCheck("check_pseudo_labels",
+                                                    ("pseudo_labels_exercise",)))
+declare("04_plp", "plp_train_selfcheck", SelfCheck("check_train_probe", ("train_probe_exercise",)))
+declare("04_plp", "plp_selfcheck", SelfCheck("check_probe_msp", ("probe_msp_exercise",)))
+declare("04_plp", "plp_auroc", Scores("plp", ("score_in", "score_out"), _plp_reference,
+                                      rtol=1e-3, atol=1e-3))
+declare("04_plp", "plp_sweep_selfcheck", SelfCheck("check_temperature_sweep",
+                                                   ("temperature_sweep_exercise",)))
+declare("04_plp", "plp_sweep_graded", AllOf((
+    SweepCall("temperature_sweep_exercise", _temperature_inputs, _temperature_on),
+    Values((("v", "plp_sweep"),), _sweep("plp_temperature", "v")))))
+# --------------------------------------------------------------------------- 05
+declare("05_mahalanobis", "maha_stats_selfcheck", SelfCheck("check_class_statistics",
+                                                            ("class_statistics_exercise",)))
+declare("05_mahalanobis", "maha_selfcheck", SelfCheck("check_mahalanobis",
+                                                      ("mahalanobis_exercise",)))
+for _id, _rel in (("plp_md", False), ("plp_rmd", True)):
+    declare("05_mahalanobis", f"{_id}_auroc",
+            Scores(_id, (f'part_a["{_id}"][0]', f'part_a["{_id}"][1]'), _plp_md_reference(_rel),
+                   rtol=1e-3, atol=1e-3))
+for _id, _rel in (("md", False), ("rmd", True)):
+    declare("05_mahalanobis", f"{_id}_auroc",
+            Scores(_id, (f'part_b["{_id}"][0]', f'part_b["{_id}"][1]'), _md_reference(_rel),
+                   rtol=1e-3, atol=1e-3))
+declare("05_mahalanobis", "maha_sweep_selfcheck", SelfCheck("check_shrinkage_sweep",
+                                                            ("shrinkage_sweep_exercise",)))
+declare("05_mahalanobis", "maha_sweep_graded", AllOf((
+    SweepCall("shrinkage_sweep_exercise", _shrinkage_inputs, _shrinkage_on),
+    Values((("v", "md_sweep"),), _sweep("md_shrinkage", "v")))))
+# --------------------------------------------------------------------------- 06
+declare("06_kmeans", "kmeans_maha_selfcheck", AllOf((
+    SelfCheck("check_class_statistics", ("class_statistics_exercise",)),
+    SelfCheck("check_mahalanobis", ("mahalanobis_exercise",)))))
+declare("06_kmeans", "kmeans_ids_selfcheck", SelfCheck("check_kmeans_cluster_ids",
+                                                       ("kmeans_cluster_ids_exercise",)))
+declare("06_kmeans", "kmeans_selfcheck", SelfCheck("check_kmeans_mahalanobis",
+                                                   ("kmeans_mahalanobis_exercise",)))
+declare("06_kmeans", "kmeans_sweep_selfcheck", SelfCheck("check_kmeans_sweep",
+                                                         ("kmeans_sweep_exercise",)))
+for _k in (10, 50, 100):
+    declare("06_kmeans", f"kmeans{_k}_auroc", AllOf(tuple(
+        Scores(f"kmeans{_k}_{kind}", (f'kmeans_scores["kmeans{_k}_{kind}"][0]',
+                                      f'kmeans_scores["kmeans{_k}_{kind}"][1]'),
+               _kmeans_reference(_k, kind == "rmd"), rtol=1e-3, atol=1e-3)
+        for kind in ("md", "rmd"))))
+declare("06_kmeans", "kmeans_sweep_graded", Values((("v", "kmeans_sweep"),),
+                                                   _sweep("kmeans_k", "v")))
+# --------------------------------------------------------------------------- 07
+for _gid, _check, _fn in (
+        ("cac_anchors_selfcheck", "check_cac_anchors", "class_anchors_exercise"),
+        ("cac_distances_selfcheck", "check_anchor_distances", "anchor_distances_exercise"),
+        ("cac_loss_selfcheck", "check_cac_loss", "cac_loss_exercise"),
+        ("cac_predict_selfcheck", "check_open_set_predict", "open_set_predict_exercise"),
+        ("cac_sweep_selfcheck", "check_threshold_sweep", "threshold_sweep_exercise"),
+        ("cac_confusion_selfcheck", "check_open_set_confusion", "open_set_confusion_exercise")):
+    declare("07_cac_osr", _gid, SelfCheck(_check, (_fn,)))
+declare("07_cac_osr", "cac_training_selfcheck", KernelReported(_OBJECTS))
+declare("07_cac_osr", "cac_sweep_results", Computed(_cac_sweep_called))
+declare("07_cac_osr", "cac_results", Values(
+    (("val", 'dist["val"]'), ("test", 'dist["test"]'), ("test_y", "data.test_y"),
+     ("unknown", 'dist["unknown"]')), _cac_results))
+
+# --------------------------------------------------------------------------- the build
+#: ``{notebook: ["wing/module.py" or "wing/module.py:name", ...]}``: module = every function
+#: and method of it; ``:name`` = that function or class only. Checks of the notebook that the
+#: grader runs outside are stripped as well (:mod:`ood_utils.grader.build`).
+STRIP: dict[str, list[str]] = {
+    "00_tiny_clip": [],
+    "01_features": [],
+    "02_knn": ["methods/knn.py", "course/sweeps.py"],
+    # 03's text-embedding and sweep self-checks still run in the kernel (KernelReported) and
+    # need msp_scores and text_embeddings there: only the zero-shot logits are removed
+    "03_msp": ["course/models.py:zero_shot_logits", "course/pipeline.py:zero_shot_logits",
+               "course/pipeline.py:pseudo_labels"],
+    "04_plp": ["methods/msp.py", "methods/probe.py", "course/pipeline.py:plp_probe",
+               "course/pipeline.py:pseudo_labels", "course/sweeps.py"],
+    "05_mahalanobis": ["methods/mahalanobis.py", "course/sweeps.py"],
+    "06_kmeans": ["methods/mahalanobis.py", "methods/kmeans.py", "course/sweeps.py"],
+    "07_cac_osr": ["methods/cac.py:class_anchors", "methods/cac.py:anchor_distances",
+                   # cac_loss stays: the training-loop check (KernelReported) needs it
+                   "methods/cac.py:open_set_predict",
+                   "methods/cac.py:open_set_confusion",
+                   "course/cac_experiment.py:threshold_sweep"],
+}
+#: functions kept in a stripped module (helpers the locked cells use)
+KEEP: dict[str, set[str]] = {
+    "methods/mahalanobis.py": {"drop_degenerate_directions", "_check_covariance"},
+    "methods/probe.py": set(),
+}
+#: cache files (glob patterns in the profile's feature folder) not mounted for a notebook
+HIDDEN_CACHES: dict[str, list[str]] = {
+    "03_msp": ["zeroshot*", "zero_shot*", "pseudo*"],
+    "04_plp": ["plp_probe*", "probe*", "pseudo*"],
+}

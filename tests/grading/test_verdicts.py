@@ -1,0 +1,282 @@
+"""The grader's verdicts, the plain-data exchange and the stripped build (issue 16), fast parts.
+
+The end-to-end cheats (a kernel that forges, hides or exits) are graded by the real grader in
+``tests/grading/test_grader_cheats.py`` and ``tests/grading/test_hostile.py``.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from ood_utils.course.cells import is_graded_part, nbgrader_meta
+from ood_utils.grader import build, course_parts
+from ood_utils.grader.exchange import Exchange, NoAnswer, StudentError
+from ood_utils.grader.verdicts import KernelReported, Outcome, SelfCheck
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_graded_cell_has_a_verdict(path):
+    nb = nbformat.read(path, as_version=4)
+    graded = {nbgrader_meta(c)["grade_id"] for c in nb.cells if is_graded_part(c)}
+    declared = set(course_parts.VERDICTS.get(path.stem, {}))
+    assert graded == declared, (f"{path.stem}: graded cells without a verdict "
+                                f"{sorted(graded - declared)}, verdicts without a cell "
+                                f"{sorted(declared - graded)}")
+
+
+def test_selfchecks_name_existing_checks():
+    from ood_utils.answer_key import checks
+
+    for notebook, parts in course_parts.VERDICTS.items():
+        for gid, verdict in parts.items():
+            for v in getattr(verdict, "parts", (verdict,)):
+                if isinstance(v, SelfCheck):
+                    assert callable(getattr(checks, v.check)), (notebook, gid)
+
+
+# --------------------------------------------------------------------------- exchange
+class _FakeKernel:
+    """Plays the kernel: runs the kernel-side snippet in a namespace of this process."""
+
+    def __init__(self, namespace, tamper=None):
+        self.ns, self.tamper = namespace, tamper
+
+    def __call__(self, code):
+        import IPython.core.getipython as gi
+
+        class Shell:
+            user_ns = self.ns
+        ns = {"get_ipython": lambda: Shell()}
+        exec(compile(code, "<step>", "exec"), ns)
+        if self.tamper is not None:
+            step = sorted(p for p in self.folder.iterdir())[-1]
+            self.tamper(step / "out")
+
+
+def _exchange(tmp_path, namespace, tamper=None):
+    kernel = _FakeKernel(namespace, tamper)
+    kernel.folder = tmp_path
+    return Exchange(tmp_path, kernel)
+
+
+def test_call_round_trip_gives_fresh_plain_values(tmp_path):
+    ns = {"f": lambda x, k=1, layer=None: {"s": x * k, "n": int(k), "w": layer}}
+    lin = torch.nn.Linear(3, 2)
+    out = _exchange(tmp_path, ns).call("f", torch.ones(2, 3), k=3, layer=lin)
+    assert torch.equal(out["s"], torch.full((2, 3), 3.0)) and out["n"] == 3
+    assert type(out["w"]) is torch.nn.Linear and torch.equal(out["w"].weight, lin.weight)
+
+
+def test_gradients_come_back_through_the_sum(tmp_path):
+    ns = {"f": lambda x: (x ** 2)}
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    y = _exchange(tmp_path, ns).call("f", x)
+    y.sum().backward()
+    assert torch.allclose(y.detach(), x.detach() ** 2)
+    assert torch.allclose(x.grad, 2 * x.detach())
+
+
+def test_a_numpy_subclass_does_not_cross(tmp_path):
+    class Always(np.ndarray):
+        def __sub__(self, other):
+            return np.zeros(1)
+
+    ns = {"f": lambda: np.arange(3.0).view(Always)}
+    got = _exchange(tmp_path, ns).call("f")
+    assert type(got) is np.ndarray and np.array_equal(got - np.ones(3), np.arange(3.0) - 1)
+
+
+def test_object_arrays_and_pickles_are_refused(tmp_path):
+    def forge(out):  # replace the answer's array by a pickled object array
+        np.save(out / "v0.npy", np.array([object()], dtype=object), allow_pickle=True)
+
+    with pytest.raises(NoAnswer):
+        _exchange(tmp_path, {"f": lambda: np.arange(3.0)}, forge).call("f")
+
+
+def test_a_link_instead_of_the_answer_is_refused(tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"ok": True, "value": {"t": "json", "v": 42}}))
+
+    def link(out):
+        os.remove(out / "answer.json")
+        os.symlink(secret, out / "answer.json")
+
+    with pytest.raises(NoAnswer):
+        _exchange(tmp_path, {"f": lambda: 1}, link).call("f")
+
+
+def test_no_answer_when_the_step_leaves_nothing(tmp_path):
+    def wipe(out):
+        os.remove(out / "answer.json")
+
+    with pytest.raises(NoAnswer):
+        _exchange(tmp_path, {"f": lambda: 1}, wipe).call("f")
+
+
+def test_the_students_exception_is_rebuilt_by_name_only(tmp_path):
+    class Sneaky(Exception):
+        pass
+
+    def boom():
+        raise Sneaky("no")
+
+    def todo():
+        raise NotImplementedError("fill in")
+
+    ex = _exchange(tmp_path, {"boom": boom, "todo": todo})
+    with pytest.raises(StudentError, match="Sneaky: no"):
+        ex.call("boom")
+    with pytest.raises(NotImplementedError):
+        ex.call("todo")
+
+
+def test_a_selfcheck_fails_on_a_wrong_function_and_passes_on_the_reference(tmp_path):
+    from ood_utils.grader.verdicts import Context
+    from ood_utils.methods import knn_scores
+
+    right = {"knn_scores_exercise": lambda tr, te, k=1, chunk_size=64: knn_scores(tr, te, k=k)}
+    wrong = {"knn_scores_exercise": lambda tr, te, k=1, chunk_size=64: -knn_scores(tr, te, k=k)}
+    verdict = SelfCheck("check_knn", ("knn_scores_exercise",))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ok = verdict.judge(Context(_exchange(tmp_path / "a", right), "miniclip", 12345))
+    bad = verdict.judge(Context(_exchange(tmp_path / "b", wrong), "miniclip", 12345))
+    assert ok == Outcome.ok()
+    assert not bad.passed and bad.failure.kind == "mismatch" and "sign" in bad.failure.message
+
+
+def test_the_grader_draws_other_inputs_than_the_public_check(tmp_path):
+    from ood_utils.answer_key.checks import _common
+    from ood_utils.grader.verdicts import _shifted_seeds
+
+    public = _common._random_feats(4, 3, 10)
+    with _shifted_seeds(777):
+        secret = _common._random_feats(4, 3, 10)
+    assert not torch.equal(public, secret)
+    assert torch.equal(public, _common._random_feats(4, 3, 10))
+
+
+# --------------------------------------------------------------------------- the build
+def test_stripped_build_has_no_reference_source(tmp_path):
+    pkg = build.stripped_package("02_knn", tmp_path)
+    knn = (pkg / "methods" / "knn.py").read_text()
+    tree = ast.parse(knn)
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "knn_scores")
+    assert len(fn.body) == 1 and isinstance(fn.body[0], ast.Raise)
+    assert "topk" not in knn and "normalize" not in knn
+    checks = (pkg / "answer_key" / "checks" / "nb02_knn.py").read_text()
+    assert "np.sort(cos" not in checks and "topk" not in checks  # hints and sweep reference
+    assert not list(pkg.rglob("__pycache__"))
+    real = json.loads((Path(build.__file__).parents[1] / "answer_key" / "expected.json")
+                      .read_text())
+    doc = json.loads((pkg / "answer_key" / "expected.json").read_text())
+    assert real["sweeps"]["miniclip"]  # the real answer key records the sweeps ...
+    assert doc["sweeps"] == {p: {} for p in real["sweeps"]}  # ... the sandbox's copy does not
+    assert doc["results"] == real["results"]
+    # helpers of the notebook stay
+    assert "def auroc" in (pkg / "methods" / "metrics.py").read_text()
+
+
+def test_stripped_reference_raises_not_available(tmp_path):
+    import subprocess
+    import sys
+
+    pkg = build.stripped_package("05_mahalanobis", tmp_path)
+    mirror = tmp_path / "site"
+    mirror.mkdir()
+    os.symlink(pkg, mirror / "ood_utils")
+    code = ("import torch\nfrom ood_utils import methods\n"
+            "x = torch.randn(30, 4)\n"
+            "methods.drop_degenerate_directions(x, x)\n"  # a helper the locked cells use
+            "try:\n    methods.mahalanobis_scores(x, torch.arange(30) % 3, x)\n"
+            "except RuntimeError as e:\n    print('REFUSED', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(mirror)}, cwd=tmp_path)
+    assert "REFUSED not available while grading" in out.stdout, out.stderr[-2000:]
+
+
+def test_kernel_reported_parts_are_few_and_named():
+    names = sorted(f"{nb}/{gid}" for nb, parts in course_parts.VERDICTS.items()
+                   for gid, v in parts.items() if isinstance(v, KernelReported))
+    assert names == ["01_features/features_selfcheck", "01_features/features_shapes",
+                     "01_features/split_selfcheck", "03_msp/clip_head_selfcheck",
+                     "03_msp/msp_sweep_selfcheck", "03_msp/text_embeddings_selfcheck",
+                     "07_cac_osr/cac_training_selfcheck"]
+
+
+# --------------------------------------------------------------------------- sweeps called
+def _notebook_function(notebook, name):
+    """The instructor's solution of ``name`` (its exercise cell), defined in a fresh namespace."""
+    import torch.nn.functional as F
+
+    from ood_utils.methods import metrics
+
+    nb = nbformat.read(Path(__file__).resolve().parents[2] / "notebooks" / f"{notebook}.ipynb",
+                       as_version=4)
+    ns = {"torch": torch, "np": np, "F": F, "metrics": metrics}
+    cell = next(c for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source)
+    exec(compile(cell.source, name, "exec"), ns)
+    return ns
+
+
+@pytest.mark.parametrize("notebook, gid, fn", [
+    ("02_knn", "knn_sweep_auroc", "knn_sweep_exercise"),
+    ("04_plp", "plp_sweep_graded", "temperature_sweep_exercise")])
+def test_a_sweep_is_called_on_the_graders_inputs(tmp_path, notebook, gid, fn):
+    from ood_utils.answer_key.expected import get_sweep
+    from ood_utils.grader.verdicts import AllOf, Context, SweepCall
+
+    verdict = course_parts.verdict_for(notebook, gid)
+    assert isinstance(verdict, AllOf) and isinstance(verdict.parts[0], SweepCall)
+    sweep = verdict.parts[0]
+    ns = _notebook_function(notebook, fn)
+    sweep_id = {"02_knn": "knn_sweep", "04_plp": "plp_temperature"}[notebook]
+    typed = {k: e.value for k, e in get_sweep(sweep_id, "miniclip").items()}
+    forged = {fn: lambda *args, **kw: dict(typed)}  # the answer key's numbers, typed in
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ok = sweep.judge(Context(_exchange(tmp_path / "a", ns), "miniclip", 4242))
+    bad = sweep.judge(Context(_exchange(tmp_path / "b", forged), "miniclip", 4242))
+    assert ok.passed, ok
+    assert not bad.passed and bad.failure.kind == "mismatch" and "grader's own inputs" in \
+        bad.failure.message
+    # the inputs are new every run
+    a = sweep.inputs("miniclip", np.random.default_rng(1))
+    b = sweep.inputs("miniclip", np.random.default_rng(2))
+    assert not torch.equal(a[1], b[1])
+
+
+def test_the_cac_sweep_is_judged_on_the_graders_distances(tmp_path):
+    from ood_utils.grader.verdicts import Computed, Context
+
+    verdict = course_parts.verdict_for("07_cac_osr", "cac_sweep_results")
+    assert isinstance(verdict, Computed)
+    ns = _notebook_function("07_cac_osr", "threshold_sweep_exercise")
+    ns["TPRS"] = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
+    made_up = {"TPRS": ns["TPRS"],  # plausible numbers, not computed
+               "threshold_sweep_exercise": lambda v, k, u, tprs: (
+                   [100 * t for t in tprs], [100 * (1 - t) for t in tprs])}
+    numpy_items = dict(ns, threshold_sweep_exercise=lambda v, k, u, tprs: tuple(
+        [np.float64(x) for x in part] for part in ns["threshold_sweep_exercise"](v, k, u, tprs)))
+    few = dict(ns, TPRS=[0.9, 0.95])
+    outcomes = []
+    for name, space in (("ok", ns), ("made_up", made_up), ("few", few),
+                        ("numpy_items", numpy_items)):
+        (tmp_path / name).mkdir()
+        outcomes.append(verdict.judge(Context(_exchange(tmp_path / name, space), "miniclip", 99)))
+    ok, bad, short, items = outcomes
+    assert ok.passed, ok
+    assert items.passed, items  # lists of NumPy scalars (an honest variant's) count as numbers
+    assert not bad.passed and "grader's own distances" in bad.failure.message
+    assert not short.passed and "at least five" in short.failure.message
