@@ -335,6 +335,7 @@ for _gid, _check, _fn in (
         ("cac_sweep_selfcheck", "check_threshold_sweep", "threshold_sweep_exercise"),
         ("cac_confusion_selfcheck", "check_open_set_confusion", "open_set_confusion_exercise")):
     declare("07_cac_osr", _gid, SelfCheck(_check, (_fn,)))
+declare("07_cac_osr", "cac_network_selfcheck", KernelReported(_OBJECTS))  # its input is a class
 declare("07_cac_osr", "cac_training_selfcheck", KernelReported(_OBJECTS))
 declare("07_cac_osr", "cac_sweep_results", Computed(_cac_sweep_called))
 declare("07_cac_osr", "cac_results", Values(
