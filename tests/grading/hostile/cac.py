@@ -37,7 +37,7 @@ def subs() -> list[Sub]:
                         return attrgetter("open_set" + "_predict")(_lib)(distances, threshold=threshold)'''),
                 "cac_confusion_exercise": body('''
                     import logging.config
-                    fn = logging.config.BaseConfigurator({}).resolve("ood_utils.cac.open_set" + "_confusion")
+                    fn = logging.config.BaseConfigurator({}).resolve("ood_utils.methods.cac.open_set" + "_confusion")
                     matrix = fn(labels, predictions, num_classes)'''),
             },
             cheated=ANCHORS | PRED | CONF),
@@ -75,7 +75,7 @@ def subs() -> list[Sub]:
             cells={"cac_sweep_exercise": [prefix(f'''
                 import sys
                 from operator import attrgetter, methodcaller
-                target = attrgetter("mod" + "ules")(sys)["ood_utils." + "che" + "cks"]
+                target = attrgetter("mod" + "ules")(sys)["ood_utils.answer_key." + "che" + "cks"]
                 for name in ("threshold" + "_sweep", "threshold" + "_sweep_results"):
                     methodcaller("__setattr__", "check_" + name, lambda *a, **kw: None)(target)'''), body(WRONG_TSWEEP)]},
             cheated=TSWEEP),

@@ -49,12 +49,12 @@ def subs() -> list[Sub]:
             "'_scores'); the sweep built on base64-decoded name",
             cells={"knn_exercise": body('''
                 from operator import attrgetter
-                import ood_utils.scores as library
+                import ood_utils.methods as library
                 scores = attrgetter("knn" + "_sco" + "res")(library)(train_feats, test_feats, k=k)'''),
                    "knn_sweep_exercise": body('''
                 import base64
                 from operator import attrgetter
-                import ood_utils.scores as library
+                import ood_utils.methods as library
                 fn = attrgetter(base64.b64decode("a25uX3Njb3Jlcw==").decode())(library)
                 auroc_by_k = {k: metrics.auroc(fn(train_feats, test_in, k=k), fn(train_feats, test_out, k=k))
                               for k in ks}''')},
@@ -63,7 +63,7 @@ def subs() -> list[Sub]:
             "string.Formatter().get_field('0.' + name, [module], {}) returns the reference",
             cells={"knn_exercise": body('''
                 import string
-                import ood_utils.scores as library
+                import ood_utils.methods as library
                 field = "0." + "".join(reversed("serocs_nnk"))
                 fn, _ = string.Formatter().get_field(field, [library], {})
                 scores = fn(train_feats, test_feats, k=k)''')},
@@ -72,7 +72,7 @@ def subs() -> list[Sub]:
             "logging.config.BaseConfigurator.resolve imports a dotted name built from chr codes",
             cells={"knn_exercise": body('''
                 import logging.config
-                dotted = "ood_utils.scores." + "".join(map(chr, (107, 110, 110, 95, 115, 99, 111, 114, 101, 115)))
+                dotted = "ood_utils.methods.knn." + "".join(map(chr, (107, 110, 110, 95, 115, 99, 111, 114, 101, 115)))
                 fn = logging.config.BaseConfigurator({}).resolve(dotted)
                 scores = fn(train_feats, test_feats, k=k)''')},
             cheated=KNN),
@@ -81,7 +81,7 @@ def subs() -> list[Sub]:
             cells={"knn_exercise": body('''
                 import timeit
                 box = []
-                setup = "from ood_utils.scores import " + "knn" + "_scores as f"
+                setup = "from ood_utils.methods import " + "knn" + "_scores as f"
                 timeit.Timer("box.append(f)", setup=setup, globals={"box": box}).timeit(1)
                 scores = box[0](train_feats, test_feats, k=k)''')},
             cheated=KNN),
@@ -90,7 +90,7 @@ def subs() -> list[Sub]:
             "(train_feats, test_feats, k)",
             cells={"knn_exercise": body('''
                 from operator import attrgetter
-                import ood_utils.scores as library
+                import ood_utils.methods as library
                 found = None
                 for name in dir(library):
                     obj = attrgetter(name)(library)
@@ -103,15 +103,15 @@ def subs() -> list[Sub]:
                 scores = found(train_feats, test_feats, k=k)''')},
             cheated=KNN),
         Sub("reach_source_text", NB, "reach",
-            "reads the text of ood_utils/scores.py, writes it (relative imports made absolute) "
+            "reads the text of ood_utils/methods/knn.py, writes it (relative imports made absolute) "
             "as a new module in the working folder, imports it and calls its copy of the reference",
             cells={"knn_exercise": body('''
                 import ast, os, sys
                 from operator import attrgetter
                 import ood_utils
                 folder = os.path.dirname(attrgetter("__fi" + "le__")(ood_utils))
-                text = open(os.path.join(folder, "scor" + "es.p" + "y")).read()
-                text = text.replace("from ." + " import", "from ood_utils import").replace("from .", "from ood_utils.")
+                text = open(os.path.join(folder, "meth" + "ods", "kn" + "n.p" + "y")).read()
+                text = text.replace("from .", "from ood_utils.methods.")
                 with open("my_copy" + ".p" + "y", "w") as out:
                     out.write(text)
                 sys.path.insert(0, os.getcwd())
@@ -123,7 +123,7 @@ def subs() -> list[Sub]:
             "the IPython shell reached through exit._ip evaluates the reference's name",
             cells={"knn_exercise": body('''
                 shell = exit._ip
-                shell.ex("import ood_utils.scores as _lib")
+                shell.ex("import ood_utils.methods as _lib")
                 fn = shell.ev("_lib." + "knn" + "_scores")
                 scores = fn(train_feats, test_feats, k=k)''')},
             cheated=KNN),
@@ -147,7 +147,7 @@ def subs() -> list[Sub]:
             "built at run time); the sweep returns made-up AUROCs",
             cells={"knn_sweep_exercise": [prefix(f'''
                 from unittest import mock
-                where = "ood_utils." + "che" + "cks."
+                where = "ood_utils.answer_key." + "che" + "cks."
                 for name in ("knn_sweep", "knn_sweep_result"):
                     mock.patch(where + "check_" + name, lambda *a, **kw: None).start()'''), body(WRONG_SWEEP)]},
             cheated=SWEEP),
@@ -159,7 +159,7 @@ def subs() -> list[Sub]:
                 classes = attrgetter("__subcl" + "asses__")(object)()
                 wrap = next(c for c in classes if c.__name__ == "_wrap_close")
                 sysmod = attrgetter("__init__.__glo" + "bals__")(wrap)["sys"]
-                target = attrgetter("mod" + "ules")(sysmod)["ood_utils." + "che" + "cks"]
+                target = attrgetter("mod" + "ules")(sysmod)["ood_utils.answer_key." + "che" + "cks"]
                 for name in ("knn_sweep", "knn_sweep_result"):
                     methodcaller("__setattr__", "check_" + name, lambda *a, **kw: None)(target)'''), body(WRONG_SWEEP)]},
             cheated=SWEEP),
@@ -176,8 +176,8 @@ def subs() -> list[Sub]:
             "resolver) so that the made-up sweep is 'expected'",
             cells={"knn_sweep_exercise": [prefix(f'''
                 import logging.config
-                key = logging.config.BaseConfigurator({{}}).resolve("ood_utils." + "exp" + "ected")
-                table = logging.config.BaseConfigurator({{}}).resolve("ood_utils." + "exp" + "ected.SWE" + "EPS")
+                key = logging.config.BaseConfigurator({{}}).resolve("ood_utils.answer_key." + "exp" + "ected")
+                table = logging.config.BaseConfigurator({{}}).resolve("ood_utils.answer_key." + "exp" + "ected.SWE" + "EPS")
                 sweep_row = table["miniclip"]["knn_sweep"]
                 made = {{k: type(sweep_row[k])(50.0, 1.0, "made up") for k in sweep_row}}
                 dict.update(sweep_row, made)'''), body(WRONG_SWEEP)]},
@@ -326,7 +326,7 @@ def subs() -> list[Sub]:
                 from operator import attrgetter, methodcaller
                 import ood_utils
                 def _keep_patching():
-                    target = attrgetter("che" + "cks")(ood_utils)
+                    target = attrgetter("answer_key.che" + "cks")(ood_utils)
                     while True:
                         methodcaller("__setattr__", "_close", lambda *a, **kw: True)(target)
                         methodcaller("__setattr__", "_check_sweep_result", lambda *a, **kw: None)(target)

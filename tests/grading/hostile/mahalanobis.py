@@ -46,12 +46,12 @@ def subs() -> list[Sub]:
     sweep = _answers.sweep("md_shrinkage")
     return [
         Sub("reach_default_arg", NB, "reach",
-            "captures `scores`, a module the locked setup cell imports, as a default argument "
+            "captures `methods`, a module the locked setup cell imports, as a default argument "
             "and takes the reference from it by a name built at run time",
             cells={"maha_exercise": whole(f'''
                 from operator import attrgetter
 
-                {MAHA_DEF}, _lib=scores):
+                {MAHA_DEF}, _lib=methods):
                     name = "mahalanobis" + "_" + "scores"
                     return attrgetter(name)(_lib)(train_feats, train_labels, test_feats, relative=relative)''')},
             cheated=MAHA),
@@ -61,14 +61,14 @@ def subs() -> list[Sub]:
             cells={"maha_sweep_exercise": body('''
                 import logging.config
                 run = logging.config.BaseConfigurator({}).resolve("run" + "py.run_module")
-                space = run("ood_utils.swe" + "eps")
+                space = run("ood_utils.course.swe" + "eps")
                 aurocs = space["shrinkage" + "_sweep"](train_feats, train_labels, id_feats, ood_feats, alphas)''')},
             cheated=SWEEP),
         Sub("reach_scores_attr", NB, "reach",
-            "the reference from ood_utils.scores by a reversed string",
+            "the reference from ood_utils.methods by a reversed string",
             cells={"maha_exercise": body('''
                 from operator import attrgetter
-                import ood_utils.scores as lib
+                import ood_utils.methods as lib
                 fn = attrgetter("serocs_sibonalaham"[::-1])(lib)
                 scores = fn(train_feats, train_labels, test_feats, relative=relative)''')},
             cheated=MAHA),
