@@ -212,7 +212,7 @@ def test_kernel_reported_parts_are_few_and_named():
     assert names == ["01_features/features_selfcheck", "01_features/features_shapes",
                      "01_features/split_selfcheck", "03_msp/clip_head_selfcheck",
                      "03_msp/msp_sweep_selfcheck", "03_msp/text_embeddings_selfcheck",
-                     "07_cac_osr/cac_training_selfcheck"]
+                     "07_cac_osr/cac_network_selfcheck", "07_cac_osr/cac_training_selfcheck"]
 
 
 # --------------------------------------------------------------------------- sweeps called
