@@ -1,7 +1,8 @@
 """Hostile submissions of notebook 07 (CAC open-set recognition). Exercises and their parts:
 anchors -> ``cac_anchors_selfcheck``; distances -> ``cac_distances_selfcheck``; loss ->
 ``cac_loss_selfcheck`` (and the training self-check, whose loop calls the loss); training ->
-``cac_training_selfcheck``; the trained network (anchors, distances, loss, training) ->
+``cac_training_selfcheck``; the network, which is built on the anchors and distances ->
+``cac_network_selfcheck``; the trained network (anchors, distances, loss, training) ->
 ``cac_results``; prediction -> ``cac_predict_selfcheck``; threshold sweep ->
 ``cac_sweep_selfcheck``, ``cac_sweep_results``; confusion -> ``cac_confusion_selfcheck``.
 Several independent cheats share one submission (one CAC training per submission is the
@@ -12,7 +13,9 @@ from __future__ import annotations
 from ._build import Sub, body, prefix, whole
 
 NB = "07_cac_osr"
-ANCHORS = frozenset({"cac_anchors_selfcheck", "cac_results"})
+# The network exercise registers the student's anchors as a buffer, so a cheat on the anchors
+# costs the network's self-check too.
+ANCHORS = frozenset({"cac_anchors_selfcheck", "cac_network_selfcheck", "cac_results"})
 PRED = frozenset({"cac_predict_selfcheck"})
 TSWEEP = frozenset({"cac_sweep_selfcheck", "cac_sweep_results"})
 CONF = frozenset({"cac_confusion_selfcheck"})
