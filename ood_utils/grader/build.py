@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from . import course_parts
-from .verdicts import AllOf, Computed, KernelReported, SelfCheck, Values
+from .verdicts import AllOf, Computed, KernelReported, Probed, SelfCheck, Values
 
 __all__ = ["stripped_package", "hidden_cache_files", "NOT_AVAILABLE", "stripped_names"]
 
@@ -44,6 +44,8 @@ def _graded_checks(notebook: str) -> tuple[set[str], set[str]]:
                 walk(p)
         elif isinstance(v, SelfCheck):
             outside.add(v.check)
+        elif isinstance(v, Probed):
+            outside.update((v.check, v.judge_name))
         elif isinstance(v, (Values, Computed)):
             outside.update(getattr(v.judge_fn, "checks", ()))
 

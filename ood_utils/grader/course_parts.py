@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .verdicts import (AllOf, Computed, KernelReported, Scores, SelfCheck, SweepCall, Values,
-                       Verdict)
+from .verdicts import (AllOf, Computed, KernelReported, Probed, Scores, SelfCheck, SweepCall,
+                       Values, Verdict)
 
 __all__ = ["VERDICTS", "STRIP", "HIDDEN_CACHES", "declare", "verdict_for"]
 
@@ -184,12 +184,69 @@ def _cac_sweep_called(exchange, profile, rng):
 
 
 @_runs("check_cac_results")
-def _cac_results(profile, **v):
+def _cac_results_from_weights(exchange, profile, rng):
+    """07's result: the student's trained weights (captured from ``model``, in order) loaded
+    into the course's network here, which computes the distances of every split to
+    ``alpha * I`` itself and judges their summary (the kernel's distances are not used)."""
+    import torch
+
     from ..answer_key.checks import check_cac_results
+    from ..course import cac_experiment as ce
     from ..methods import cac
 
-    check_cac_results(cac.open_set_summary(v["val"], v["test"], v["test_y"], v["unknown"]),
-                      profile)
+    got = exchange.capture({"w": "[p.detach() for p in model.parameters() if p.requires_grad]"})
+    weights = got["w"]
+    if not isinstance(weights, list) or not all(isinstance(t, torch.Tensor) and
+                                                t.is_floating_point() for t in weights):
+        raise AssertionError("`model` (the trained CAC network of the training cell) has no "
+                             "trainable weights the grader can read")
+    data = ce.cac_datasets(profile, seed=0)
+    cfg = ce.training_settings(profile)
+    net = ce.CACNetwork(data.num_classes, channels=cfg["channels"], dropout=cfg["dropout"],
+                        alpha=cfg["alpha"])
+    try:
+        ce.load_cnn_weights(net, {str(i): w.float() for i, w in enumerate(weights)})
+    except ValueError as err:
+        raise AssertionError(str(err)) from None
+    dist = ce.open_set_distances(net.eval(), data)
+    check_cac_results(cac.open_set_summary(dist["val"], dist["test"], data.test_y,
+                                           dist["unknown"]), profile)
+
+
+@_runs("check_kmeans_sweep")
+def _kmeans_sweep_called(exchange, profile, rng):
+    """06's sweep: kmeans_sweep_exercise called on a random subset of the real (rotated)
+    features that the grader draws, its MD and RMD scores for k = 1, 3, 10 against the
+    reference sweep on the same rows, element by element (as the graded k-means AUROCs)."""
+    import torch
+
+    from ..course.sweeps import kmeans_sweep
+
+    _, (train, id_test, ood_test) = _rotated(profile)
+    tr = train[_rows(rng, len(train), 3000)].clone()
+    te = torch.cat([id_test[_rows(rng, len(id_test), 300)],
+                    ood_test[_rows(rng, len(ood_test), 300)]]).clone()
+    ks = (1, 3, 10)
+    got = exchange.call("kmeans_sweep_exercise", tr, te, ks, seed=0)
+    want = kmeans_sweep(tr, te, ks, seed=0)
+    if not isinstance(got, dict):
+        raise AssertionError("kmeans_sweep_exercise must return a dict {k: {'cluster_ids', "
+                             "'md', 'rmd'}}")
+    for k in ks:
+        entry = got.get(k)
+        if not isinstance(entry, dict):
+            raise AssertionError(f"kmeans_sweep_exercise: no entry for k={k}")
+        for kind in ("md", "rmd"):
+            g = entry.get(kind)
+            if not hasattr(g, "shape"):
+                raise AssertionError(f"kmeans_sweep_exercise[{k}]['{kind}'] is not an array")
+            g = np.asarray(g, dtype=np.float64).reshape(-1)
+            w = want[k][kind].double().numpy()
+            if g.shape != w.shape or not np.allclose(g, w, rtol=1e-3, atol=1e-3):
+                raise AssertionError(
+                    f"kmeans_sweep_exercise on the grader's own inputs (a random subset of the "
+                    f"features): the {kind.upper()} scores for k={k} differ from the "
+                    "reference sweep's")
 
 
 # --------------------------------------------------------------------------- sweeps called
@@ -324,8 +381,9 @@ for _k in (10, 50, 100):
                                       f'kmeans_scores["kmeans{_k}_{kind}"][1]'),
                _kmeans_reference(_k, kind == "rmd"), rtol=1e-3, atol=1e-3)
         for kind in ("md", "rmd"))))
-declare("06_kmeans", "kmeans_sweep_graded", Values((("v", "kmeans_sweep"),),
-                                                   _sweep("kmeans_k", "v")))
+declare("06_kmeans", "kmeans_sweep_graded", AllOf((
+    Computed(_kmeans_sweep_called),
+    Values((("v", "kmeans_sweep"),), _sweep("kmeans_k", "v")))))
 # --------------------------------------------------------------------------- 07
 for _gid, _check, _fn in (
         ("cac_anchors_selfcheck", "check_cac_anchors", "class_anchors_exercise"),
@@ -335,12 +393,12 @@ for _gid, _check, _fn in (
         ("cac_sweep_selfcheck", "check_threshold_sweep", "threshold_sweep_exercise"),
         ("cac_confusion_selfcheck", "check_open_set_confusion", "open_set_confusion_exercise")):
     declare("07_cac_osr", _gid, SelfCheck(_check, (_fn,)))
-declare("07_cac_osr", "cac_network_selfcheck", KernelReported(_OBJECTS))  # its input is a class
-declare("07_cac_osr", "cac_training_selfcheck", KernelReported(_OBJECTS))
+declare("07_cac_osr", "cac_network_selfcheck", Probed("check_cac_network", "_judge_cac_network",
+                                                      "CACNetworkExercise"))
+declare("07_cac_osr", "cac_training_selfcheck", Probed("check_cac_training", "_judge_cac_training",
+                                                       "train_cac_exercise"))
 declare("07_cac_osr", "cac_sweep_results", Computed(_cac_sweep_called))
-declare("07_cac_osr", "cac_results", Values(
-    (("val", 'dist["val"]'), ("test", 'dist["test"]'), ("test_y", "data.test_y"),
-     ("unknown", 'dist["unknown"]')), _cac_results))
+declare("07_cac_osr", "cac_results", Computed(_cac_results_from_weights))
 
 # --------------------------------------------------------------------------- the build
 #: ``{notebook: ["wing/module.py" or "wing/module.py:name", ...]}``: module = every function
@@ -359,10 +417,13 @@ STRIP: dict[str, list[str]] = {
     "05_mahalanobis": ["methods/mahalanobis.py", "course/sweeps.py"],
     "06_kmeans": ["methods/mahalanobis.py", "methods/kmeans.py", "course/sweeps.py"],
     "07_cac_osr": ["methods/cac.py:class_anchors", "methods/cac.py:anchor_distances",
-                   # cac_loss stays: the training-loop check (KernelReported) needs it
-                   "methods/cac.py:open_set_predict",
+                   "methods/cac.py:cac_loss", "methods/cac.py:open_set_predict",
                    "methods/cac.py:open_set_confusion",
-                   "course/cac_experiment.py:threshold_sweep"],
+                   "course/cac_experiment.py:threshold_sweep",
+                   # the references of the network and the training loop
+                   "course/cac_experiment.py:CACNetwork",
+                   "course/cac_experiment.py:train_cac_whole",
+                   "course/cac_experiment.py:train_cac"],
 }
 #: functions kept in a stripped module (helpers the locked cells use)
 KEEP: dict[str, set[str]] = {

@@ -218,12 +218,7 @@ class Exchange:
 
         answer, out, grad_inputs = self._step({"op": "call", "fn": fn}, encode)
         if answer["ok"] is False:
-            err = answer.get("error") or {}
-            ename, message = str(err.get("type", "Error"))[:80], str(err.get("message", ""))[:2000]
-            cls = _BUILTIN_ERRORS.get(ename)
-            if cls is not None:
-                raise cls(message)
-            raise StudentError(f"{ename}: {message}")
+            _raise_students_error(answer)
         budget = [_MAX_ITEMS]
         value = self._decode(answer.get("value"), out, budget)
         grads = answer.get("grads") or {}
@@ -234,6 +229,27 @@ class Exchange:
                                               for name, spec in grads.items()
                                               if name in grad_inputs})
         return value
+
+    def run(self, probe: Callable, *args, **kwargs) -> Any:
+        """The result of ``probe(user_ns, *args, **kwargs)`` run in the kernel, as plain data.
+
+        ``probe`` is a self-contained function (imports inside, no globals); its source is sent
+        with the request. The kernel may lie about what it returns: the caller judges it.
+        """
+        import inspect
+        import textwrap
+
+        source = textwrap.dedent(inspect.getsource(probe))
+
+        def encode(step, grad_inputs):
+            return {"args": [self._encode(a, step, {}) for a in args],
+                    "kwargs": {str(k): self._encode(v, step, {}) for k, v in kwargs.items()}}
+
+        answer, out, _ = self._step({"op": "run", "source": source, "entry": probe.__name__},
+                                    encode)
+        if answer["ok"] is False:
+            _raise_students_error(answer)
+        return self._decode(answer.get("value"), out, [_MAX_ITEMS])
 
     def capture(self, exprs: dict[str, str]) -> dict:
         """``{key: value of the expression in the kernel's namespace}`` as plain data."""
@@ -247,6 +263,16 @@ class Exchange:
         if not isinstance(value, dict):
             raise NoAnswer("malformed answer")
         return value
+
+
+def _raise_students_error(answer: dict) -> None:
+    """Raise the kernel's exception as the same builtin class when it is a common one."""
+    err = answer.get("error") or {}
+    ename, message = str(err.get("type", "Error"))[:80], str(err.get("message", ""))[:2000]
+    cls = _BUILTIN_ERRORS.get(ename)
+    if cls is not None:
+        raise cls(message)
+    raise StudentError(f"{ename}: {message}")
 
 
 class _Opaque:

@@ -10,6 +10,11 @@ Request (``<dir>/request.json``, written by the grader), one of::
 
     {"op": "call", "fn": NAME, "args": [SPEC, ...], "kwargs": {KEY: SPEC}}
     {"op": "capture", "exprs": {KEY: PYTHON EXPRESSION}}
+    {"op": "run", "source": PYTHON SOURCE, "entry": NAME, "args": [SPEC], "kwargs": {...}}
+
+``run`` executes the source of a grader's probe (a self-contained function of
+:mod:`ood_utils.answer_key.checks`) and calls ``entry(user_ns, *args, **kwargs)``: how a check
+whose inputs are objects (a network class, a training loop) gets plain values out of them.
 
 Answer (``<dir>/out/answer.json``, written last), ``{"ok": true, "value": SPEC, "grads": ...}``
 or ``{"ok": false, "error": {"type": NAME, "message": TEXT}}``. A SPEC is plain JSON:
@@ -107,6 +112,15 @@ def _ood_grader_main(user_ns, folder):
         if req["op"] == "capture":
             value = {k: eval(e, user_ns) for k, e in req["exprs"].items()}
             finish({"ok": True, "value": dump(value)})
+            return
+        if req["op"] == "run":
+            # a probe of the grader's: its source comes with the request, it gets the
+            # namespace and the grader's inputs and returns plain values
+            g = {}
+            exec(compile(req["source"], "<grader-probe>", "exec"), g)
+            args = [load(s, []) for s in req["args"]]
+            kwargs = {k: load(s, []) for k, s in req["kwargs"].items()}
+            finish({"ok": True, "value": dump(g[req["entry"]](user_ns, *args, **kwargs))})
             return
         fn = user_ns.get(req["fn"])
         if fn is None:

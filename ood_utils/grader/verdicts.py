@@ -17,9 +17,13 @@ judges it here, against references computed in the grading process:
   sweep on the same inputs, computed here (so a table typed in from the answer key fails);
 * :class:`Computed`: a judge of its own that calls the student's functions on inputs it
   draws (07's threshold sweep on distances of the grader's);
+* :class:`Probed`: a check whose inputs are objects (a network class, a training loop): its
+  probe runs in the kernel and hands back plain values, its judge decides here (the public
+  self-check runs the same probe and judge on the student's objects, on the public seeds);
 * :class:`AllOf`: every one of several verdicts;
-* :class:`KernelReported`: (only where no outside verdict exists yet) the kernel's own check;
-  listed in README as not protected.
+* :class:`KernelReported`: (only where no outside verdict exists yet: 01's and 03's checks
+  whose inputs are a CLIP model, a tokenizer or a loader) the kernel's own check; listed in
+  README as not protected.
 
 A verdict returns an :class:`Outcome`; any failure is a structured :class:`Failure`.
 """
@@ -32,8 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Outcome", "Failure", "Verdict", "SelfCheck", "Scores", "Values", "SweepCall", "Computed", "AllOf",
-           "KernelReported", "Context"]
+__all__ = ["Outcome", "Failure", "Verdict", "SelfCheck", "Scores", "Values", "SweepCall", "Computed",
+           "Probed", "AllOf", "KernelReported", "Context"]
 
 
 @dataclass(frozen=True)
@@ -274,6 +278,31 @@ class Computed(Verdict):
     def judge(self, ctx: Context) -> Outcome:
         rng = np.random.default_rng(ctx.seed_shift)
         return _run_check(lambda: self.judge_fn(ctx.exchange, ctx.profile, rng))
+
+
+@dataclass(frozen=True)
+class Probed(Verdict):
+    """``checks.<check>``'s judge run here, its probe run in the kernel on the grader's seeds.
+
+    ``check`` is the public self-check (stripped from the sandbox's copy), ``judge`` the name
+    of its verdict function in the same module, ``judge(run, function)``, where
+    ``run(probe, *args)`` sends the probe's source and the grader's inputs to the kernel
+    (:meth:`ood_utils.grader.exchange.Exchange.run`) and returns its plain values.
+    """
+
+    check: str
+    judge_name: str
+    function: str
+
+    def judge(self, ctx: Context) -> Outcome:
+        import importlib
+
+        from ..answer_key import checks
+
+        module = importlib.import_module(getattr(checks, self.check).__module__)
+        judge_fn = getattr(module, self.judge_name)
+        with _shifted_seeds(ctx.seed_shift):
+            return _run_check(judge_fn, ctx.exchange.run, self.function)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import pytest
 from .hostile import all_subs
 from .hostile._build import FAMILIES, ROOT, NOTEBOOKS, Sub, graded_parts, write
 
-REFERENCE_NOTEBOOKS = ("02_knn", "05_mahalanobis", "07_cac_osr", "03_msp", "04_plp")
+REFERENCE_NOTEBOOKS = ("02_knn", "05_mahalanobis", "07_cac_osr", "03_msp", "04_plp", "06_kmeans")
 GRADER_TIMEOUT = 3600  # seconds for the whole grader run (about 15 minutes on 2 cores)
 
 

@@ -211,8 +211,7 @@ def test_kernel_reported_parts_are_few_and_named():
                    for gid, v in parts.items() if isinstance(v, KernelReported))
     assert names == ["01_features/features_selfcheck", "01_features/features_shapes",
                      "01_features/split_selfcheck", "03_msp/clip_head_selfcheck",
-                     "03_msp/msp_sweep_selfcheck", "03_msp/text_embeddings_selfcheck",
-                     "07_cac_osr/cac_network_selfcheck", "07_cac_osr/cac_training_selfcheck"]
+                     "03_msp/msp_sweep_selfcheck", "03_msp/text_embeddings_selfcheck"]
 
 
 # --------------------------------------------------------------------------- sweeps called
@@ -224,8 +223,9 @@ def _notebook_function(notebook, name):
 
     nb = nbformat.read(Path(__file__).resolve().parents[2] / "notebooks" / f"{notebook}.ipynb",
                        as_version=4)
-    ns = {"torch": torch, "np": np, "F": F, "metrics": metrics}
-    cell = next(c for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source)
+    ns = {"torch": torch, "np": np, "F": F, "nn": torch.nn, "metrics": metrics}
+    cell = next(c for c in nb.cells if c.cell_type == "code" and (
+        f"def {name}(" in c.source or f"class {name}(" in c.source))
     exec(compile(cell.source, name, "exec"), ns)
     return ns
 
@@ -280,3 +280,142 @@ def test_the_cac_sweep_is_judged_on_the_graders_distances(tmp_path):
     assert items.passed, items  # lists of NumPy scalars (an honest variant's) count as numbers
     assert not bad.passed and "grader's own distances" in bad.failure.message
     assert not short.passed and "at least five" in short.failure.message
+
+
+# --------------------------------------------------------------------------- probed objects
+def _solutions(notebook, names):
+    """The instructor's solutions of ``names`` (their exercise cells, in order), defined in
+    one namespace, as in the notebook's kernel."""
+    import torch.nn.functional as F
+
+    from ood_utils.methods import metrics
+
+    nb = nbformat.read(ROOT / "notebooks" / f"{notebook}.ipynb", as_version=4)
+    from sklearn.cluster import KMeans
+
+    ns = {"torch": torch, "np": np, "F": F, "nn": torch.nn, "metrics": metrics,
+          "KMeans": KMeans}
+    for name in names:
+        cell = next(c for c in nb.cells if c.cell_type == "code" and (
+            f"def {name}(" in c.source or f"class {name}(" in c.source))
+        exec(compile(cell.source, name, "exec"), ns)
+    return ns
+
+
+def _cac_namespace():
+    return _solutions("07_cac_osr", ("class_anchors_exercise", "anchor_distances_exercise",
+                                     "cac_loss_exercise", "CACNetworkExercise",
+                                     "train_cac_exercise"))
+
+
+def test_the_cac_network_and_loop_are_judged_here_on_what_the_kernel_returns(tmp_path):
+    from ood_utils.grader.verdicts import Context, Probed
+
+    network = course_parts.verdict_for("07_cac_osr", "cac_network_selfcheck")
+    training = course_parts.verdict_for("07_cac_osr", "cac_training_selfcheck")
+    assert isinstance(network, Probed) and isinstance(training, Probed)
+    ns = _cac_namespace()
+    right = ns["CACNetworkExercise"]
+
+    class MaxPool(right):  # the typical mistake: max instead of average pooling
+        def embed(self, x):
+            F = ns["F"]
+            x = self.dropout(F.relu(self.conv1(x)))
+            x = self.dropout(F.relu(F.max_pool2d(self.conv2(x), 2)))
+            x = self.dropout(F.relu(F.max_pool2d(self.conv3(x), 2)))
+            x = self.dropout(F.relu(self.hidden(x.flatten(1))))
+            return self.logits(x)
+
+    def no_schedule(model, loader, epochs, lr, lambda_):  # Adam at a constant rate
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        history = []
+        model.train()
+        for _ in range(epochs):
+            total, count = 0.0, 0
+            for x, y in loader:
+                opt.zero_grad()
+                loss = ns["cac_loss_exercise"](model(x), y, lambda_=lambda_)
+                loss.backward()
+                opt.step()
+                total, count = total + loss.item() * len(y), count + len(y)
+            history.append(total / count)
+        model.eval()
+        return history
+
+    outcomes = {}
+    for label, verdict, space in (
+            ("net_ok", network, ns), ("net_bad", network, dict(ns, CACNetworkExercise=MaxPool)),
+            ("loop_ok", training, ns),
+            ("loop_bad", training, dict(ns, train_cac_exercise=no_schedule)),
+            ("loop_none", training, dict(ns, train_cac_exercise=lambda *a: None))):
+        (tmp_path / label).mkdir()
+        outcomes[label] = verdict.judge(Context(_exchange(tmp_path / label, space), "miniclip",
+                                                31337))
+    assert outcomes["net_ok"].passed, outcomes["net_ok"]
+    assert outcomes["loop_ok"].passed, outcomes["loop_ok"]
+    assert not outcomes["net_bad"].passed and "max pooling" in outcomes["net_bad"].failure.message
+    assert not outcomes["loop_bad"].passed and \
+        "learning rate stays constant" in outcomes["loop_bad"].failure.message
+    assert not outcomes["loop_none"].passed and "did not change" in \
+        outcomes["loop_none"].failure.message
+
+
+def test_the_cac_references_are_absent_from_07s_sandbox(tmp_path):
+    pkg = build.stripped_package("07_cac_osr", tmp_path)
+    experiment = (pkg / "course" / "cac_experiment.py").read_text()
+    cac = (pkg / "methods" / "cac.py").read_text()
+    checks = (pkg / "answer_key" / "checks" / "nb07_cac.py").read_text()
+    assert "self.conv1 = nn.Conv2d" not in experiment  # CACNetwork
+    tree = ast.parse(experiment)
+    loop = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
+                and n.name == "train_cac_whole")  # the reference training loop
+    assert len(loop.body) == 1 and isinstance(loop.body[0], ast.Raise)
+    assert "logsumexp" not in cac and "torch.cdist" not in cac
+    assert "nn.AvgPool2d if pool" not in checks  # the network's reference variants
+    assert "torch.optim.Adam(chosen" not in checks  # the reference loop and its variants
+    assert "class TensorBatches" in experiment and "class CACModel" in cac  # helpers stay
+
+
+def test_the_cac_result_is_computed_here_from_the_students_weights(tmp_path):
+    """An untrained network beside distances that would pass: the grader scores the weights
+    itself, so the kernel's distances change nothing; weights of the wrong shapes are named."""
+    from ood_utils.course import cac_experiment as ce
+    from ood_utils.grader.verdicts import Computed, Context
+
+    verdict = course_parts.verdict_for("07_cac_osr", "cac_results")
+    assert isinstance(verdict, Computed)
+    cfg = ce.training_settings("miniclip")
+    untrained = ce.CACNetwork(6, channels=cfg["channels"], dropout=cfg["dropout"])
+    n = 50  # distances that put every known test image at its own anchor
+    perfect = {"val": torch.eye(6).repeat(n, 1) * -10 + 10, "test": torch.eye(6).repeat(n, 1)}
+    outcomes = {}
+    for label, space in (("untrained", {"model": untrained, "dist": perfect}),
+                         ("wrong", {"model": torch.nn.Linear(3, 2)})):
+        (tmp_path / label).mkdir()
+        outcomes[label] = verdict.judge(Context(_exchange(tmp_path / label, space), "miniclip", 5))
+    assert not outcomes["untrained"].passed and outcomes["untrained"].failure.kind == "mismatch"
+    assert not outcomes["wrong"].passed and "build the same CNN" in \
+        outcomes["wrong"].failure.message
+
+
+def test_the_kmeans_sweep_is_called_on_the_graders_rows(tmp_path):
+    from ood_utils.grader.verdicts import AllOf, Computed, Context
+
+    verdict = course_parts.verdict_for("06_kmeans", "kmeans_sweep_graded")
+    assert isinstance(verdict, AllOf) and isinstance(verdict.parts[0], Computed)
+    cells = _solutions("06_kmeans", ("class_statistics_exercise", "mahalanobis_exercise",
+                                     "kmeans_cluster_ids_exercise", "kmeans_sweep_exercise"))
+    right = cells["kmeans_sweep_exercise"]
+
+    def swapped(train, test, ks, seed=0):  # MD and RMD swapped
+        out = right(train, test, ks, seed=seed)
+        return {k: dict(v, md=v["rmd"], rmd=v["md"]) for k, v in out.items()}
+
+    outcomes = {}
+    for label, space in (("ok", cells), ("swapped", dict(cells, kmeans_sweep_exercise=swapped))):
+        (tmp_path / label).mkdir()
+        outcomes[label] = verdict.parts[0].judge(Context(_exchange(tmp_path / label, space),
+                                                         "miniclip", 2024))
+    assert outcomes["ok"].passed, outcomes["ok"]
+    assert not outcomes["swapped"].passed and "grader's own inputs" in \
+        outcomes["swapped"].failure.message

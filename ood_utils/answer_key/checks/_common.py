@@ -99,6 +99,15 @@ def _require_callable(fn: Any) -> None:
                         f"not {type(fn).__name__}")
 
 
+def local_runner(namespace: dict) -> Callable:
+    """``run(probe, *args)`` = ``probe(namespace, *args)``, here: how a public self-check runs
+    its probe on the student's objects. The grader's runner sends the same probe to the
+    kernel instead (:meth:`ood_utils.grader.exchange.Exchange.run`) and the same judge decides."""
+    def run(probe: Callable, *args, **kwargs):
+        return probe(namespace, *args, **kwargs)
+    return run
+
+
 def _passed(name: str) -> None:
     print(f"{name}: public checks passed")
 

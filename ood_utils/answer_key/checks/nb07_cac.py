@@ -9,7 +9,8 @@ import torch
 from ..registry import compares_with
 from ...course.profiles import get_profile
 from ..expected import get_expected
-from ._common import _as_array, _close, _compare, _fn_name, _gen, _hide_check_frames, _passed, _require_callable
+from ._common import (_as_array, _close, _compare, _fn_name, _gen, _hide_check_frames, _passed,
+                      _require_callable, local_runner)
 from .results import check_auroc
 
 # --- CAC (open-set recognition) ---
@@ -44,8 +45,9 @@ def _tensor_result(result: Any, name: str, what: str, case: str) -> torch.Tensor
                              f"returns {what}")
     if isinstance(result, np.ndarray):
         return torch.from_numpy(result)
-    if not isinstance(result, torch.Tensor):
-        raise AssertionError(f"{name} returned a {type(result).__name__} ({case}); expected a "
+    if not isinstance(result, torch.Tensor):  # (what the grader could not read says its type)
+        kind = getattr(result, "type_name", type(result).__name__)
+        raise AssertionError(f"{name} returned a {kind} ({case}); expected a "
                              f"torch tensor ({what})")
     return result
 
@@ -349,29 +351,7 @@ def _l1_distances(points, anchors):
     return (points.unsqueeze(1) - anchors.unsqueeze(0)).abs().sum(-1)
 
 
-def _cac_toy_problem(seed: int):
-    """A tiny CAC network (float64, with dropout) and three separable classes of 4 x 4 images."""
-    from ...methods.cac import CACModel
-    from ...course.cac_experiment import TensorBatches
-
-    g = _gen(900 + seed)
-    x = torch.randn(45, 1, 4, 4, generator=g, dtype=torch.float64)
-    y = torch.arange(45) % 3
-    x[:, 0, 0, :] += 2.0 * (y[:, None] == 0)
-    x[:, 0, 3, :] += 2.0 * (y[:, None] == 1)
-    # a check of the loop only: its own anchors and distance (L1), not the exercises' (their
-    # references are absent from a grading sandbox, and this module is readable there)
-    anchors = torch.randn(3, 3, generator=g, dtype=torch.float64) * 3
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
-                              torch.nn.Dropout(0.3), torch.nn.Linear(8, 3))
-    model = CACModel(net, 3, anchors=anchors, distance_fn=_l1_distances,
-                     extra_layer=False).double().eval()
-    # starts in eval mode: the loop must switch
-    return model, TensorBatches(x, y, batch_size=16)
-
-
-def _cac_train_variant(model, loader, epochs, lr, lambda_, *, zero_grad=True, train_mode=True,
+def _cac_train_reference_variant(model, loader, epochs, lr, lambda_, *, zero_grad=True, train_mode=True,
                        optimiser_per_epoch=False, optimiser="adam", params="all", step=True,
                        loss="cac", schedule="batch"):
     """The reference training loop, or one of its typical mistakes (see check_cac_training)."""
@@ -424,8 +404,61 @@ def _cac_train_variant(model, loader, epochs, lr, lambda_, *, zero_grad=True, tr
     return history
 
 
-def _flat_params(model) -> np.ndarray:
-    return torch.cat([p.detach().flatten() for p in model.parameters()]).double().numpy()
+def _cac_toy_data(seed: int) -> dict:
+    """Three separable classes of 4 x 4 images, anchors, and the initial weights of a tiny
+    CAC network (float64): the inputs of :func:`_probe_cac_training`."""
+    g = _gen(900 + seed)
+    x = torch.randn(45, 1, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.arange(45) % 3
+    x[:, 0, 0, :] += 2.0 * (y[:, None] == 0)
+    x[:, 0, 3, :] += 2.0 * (y[:, None] == 1)
+    # a check of the loop only: its own anchors and distance (L1), not the exercises'
+    anchors = torch.randn(3, 3, generator=g, dtype=torch.float64) * 3
+    init = [torch.randn(8, 16, generator=g, dtype=torch.float64) * 0.25,
+            torch.randn(8, generator=g, dtype=torch.float64) * 0.1,
+            torch.randn(3, 8, generator=g, dtype=torch.float64) * 0.35,
+            torch.randn(3, generator=g, dtype=torch.float64) * 0.1]
+    return {"x": x, "y": y, "anchors": anchors, "init": init}
+
+
+def _probe_cac_training(ns, name, x, y, anchors, init, epochs, lr, lambda_, seed):
+    """Kernel side of :func:`check_cac_training` (self-contained: the grader sends its source).
+
+    Builds the tiny CAC network (flatten, 16 -> 8, ReLU, dropout 0.3, 8 -> 3; L1 distances to
+    ``anchors``) with the weights ``init``, handed over in evaluation mode, and runs
+    ``ns[name](model, loader, epochs, lr, lambda_)`` after ``torch.manual_seed(seed)``.
+    Returns plain values: the weights before and after (flattened), the returned losses as
+    numbers (or ``None`` and what came back), and whether the model was left in training mode.
+    """
+    import torch
+
+    from ood_utils.course.cac_experiment import TensorBatches
+    from ood_utils.methods.cac import CACModel
+
+    def l1(points, a):
+        return (points.unsqueeze(1) - a.unsqueeze(0)).abs().sum(-1)
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                              torch.nn.Dropout(0.3), torch.nn.Linear(8, 3))
+    model = CACModel(net, 3, anchors=anchors, distance_fn=l1, extra_layer=False).double()
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), init):
+            p.copy_(v)
+    model.eval()  # starts in evaluation mode: the loop must switch
+
+    def flat():
+        return torch.cat([p.detach().flatten() for p in model.parameters()]).double()
+
+    start = flat()
+    torch.manual_seed(seed)
+    history = ns[name](model, TensorBatches(x, y, batch_size=16), epochs, lr, lambda_)
+    out = {"start": start, "trained": flat(), "training": bool(model.training),
+           "history": None, "returned": type(history).__name__}
+    try:
+        out["history"] = [float(v) for v in history]
+    except (TypeError, ValueError):
+        pass
+    return out
 
 
 @compares_with('course.cac_experiment:TensorBatches', 'methods.cac:CACModel', 'methods.cac:cac_loss')
@@ -438,29 +471,50 @@ def check_cac_training(student_fn: Callable) -> None:
     weights differ, the loop is compared with typical mistakes (no ``zero_grad``, no
     ``model.train()``, a new optimiser every epoch, a hard-coded learning rate or lambda, SGD,
     part of the network only, no ``step``, cross-entropy on the distances, a constant learning
-    rate or a schedule stepped per epoch) and the message
-    names the one that matches.
+    rate or a schedule stepped per epoch) and the message names the one that matches. The
+    grader runs the same verdict on what the kernel returns (:func:`_probe_cac_training`).
     """
     __tracebackhide__ = True
-    import copy
-
     _require_callable(student_fn)
     name = _fn_name(student_fn)
+    _judge_cac_training(local_runner({name: student_fn}), name)
+    _passed(name)
+
+
+def _judge_cac_training(run: Callable, name: str) -> None:
+    """The verdict of :func:`check_cac_training` from what ``run(_probe_cac_training, ...)``
+    returns; the reference loop and its typical mistakes run here through the same probe."""
+    __tracebackhide__ = True
+    from . import _common
+
     for seed, epochs, lr, lam in ((0, 3, 0.05, 0.5), (1, 2, 0.02, 0.25)):
-        model, loader = _cac_toy_problem(seed)
-        start = copy.deepcopy(model)
+        toy = _cac_toy_data(seed)
+        torch_seed = 100 + seed + _common.SEED_SHIFT
+        inputs = (toy["x"], toy["y"], toy["anchors"], toy["init"])
         case = f"tiny network, {epochs} epochs, lr={lr:g}, lambda_={lam:g}"
-        torch.manual_seed(100 + seed)
-        history = student_fn(model, loader, epochs, lr, lam)
-        got = _flat_params(model)
-        ref_model = copy.deepcopy(start)
-        torch.manual_seed(100 + seed)
-        ref_hist = _cac_train_variant(ref_model, loader, epochs, lr, lam)
-        want = _flat_params(ref_model)
-        if np.allclose(got, _flat_params(start), rtol=0, atol=0):
+        got = run(_probe_cac_training, name, *inputs, epochs, lr, lam, torch_seed)
+        if not isinstance(got, dict) or not isinstance(got.get("trained"), torch.Tensor):
+            _hidden_assert(f"{name}: the check could not read the trained network ({case})")
+
+        def reference(**kw):
+            full = []
+
+            def loop(model, loader, epochs_, lr_, lam_):
+                full.extend(_cac_train_reference_variant(
+                    model, loader, epochs_, kw.pop("lr_override", lr_),
+                    kw.pop("lam_override", lam_), **kw))
+                return [h[0] for h in full]
+            result = _probe_cac_training({"loop": loop}, "loop", *inputs, epochs, lr, lam,
+                                         torch_seed)
+            return result["trained"].numpy(), full
+
+        trained = got["trained"].double().numpy()
+        want, ref_hist = reference()
+        if trained.shape == want.shape and np.array_equal(
+                trained, torch.as_tensor(got.get("start")).double().numpy()):
             _hidden_assert(f"{name} did not change any weight ({case}): call "
                            "optimizer.step() after loss.backward() for every batch")
-        if got.shape != want.shape or not _close(got, want, rtol=1e-6, atol=1e-8):
+        if trained.shape != want.shape or not _close(trained, want, rtol=1e-6, atol=1e-8):
             mistakes = {
                 "optimizer.zero_grad() is missing: gradients of earlier batches add up; clear "
                 "them before every backward()": dict(zero_grad=False),
@@ -488,12 +542,9 @@ def check_cac_training(student_fn: Callable) -> None:
                 "learning rate falls over epochs * len(loader) steps": dict(schedule="epoch"),
             }
             for hint, kw in mistakes.items():
-                m = copy.deepcopy(start)
-                torch.manual_seed(100 + seed)
-                _cac_train_variant(m, loader, epochs, kw.pop("lr_override", lr),
-                                   kw.pop("lam_override", lam), **kw)
-                if got.shape == _flat_params(m).shape and _close(got, _flat_params(m),
-                                                                 rtol=1e-6, atol=1e-8):
+                variant, _ = reference(**kw)
+                if trained.shape == variant.shape and _close(trained, variant, rtol=1e-6,
+                                                             atol=1e-8):
                     _hidden_assert(f"{name}: {hint} ({case})")
             _hidden_assert(
                 f"{name}: the trained weights differ from the reference loop's ({case}). "
@@ -502,18 +553,17 @@ def check_cac_training(student_fn: Callable) -> None:
                 "your cac_loss_exercise(distances, y, lambda_=lambda_), backward, step, "
                 "then the learning-rate schedule's step; no "
                 "extra random numbers (no torch.manual_seed, no second pass over the loader)")
-        if model.training:
+        if got.get("training"):
             _hidden_assert(f"{name} left the model in training mode ({case}): call "
                            "model.eval() at the end, or dropout stays on when the notebook "
                            "evaluates the network")
-        if history is None:
+        if got.get("returned") == "NoneType":
             _hidden_assert(f"{name} returned None ({case}): return the list of the mean loss "
                            "of every epoch")
-        try:
-            hist = np.asarray([float(v) for v in history], dtype=np.float64)
-        except (TypeError, ValueError):
-            _hidden_assert(f"{name} returned a {type(history).__name__} ({case}); return a "
+        if got.get("history") is None:
+            _hidden_assert(f"{name} returned a {got.get('returned')} ({case}); return a "
                            "list of numbers, the mean loss of every epoch (use loss.item())")
+        hist = np.asarray(got["history"], dtype=np.float64).reshape(-1)
         if hist.shape != (epochs,):
             _hidden_assert(f"{name} returned {hist.shape[0]} losses for {epochs} epochs "
                            f"({case}): append one number per epoch, after its last batch")
@@ -528,7 +578,6 @@ def check_cac_training(student_fn: Callable) -> None:
                     _hidden_assert(f"{name}: {hint} ({case})")
             _hidden_assert(f"{name}: the returned losses {np.round(hist, 4).tolist()} are not "
                            f"the per-epoch means {np.round(weighted, 4).tolist()} ({case})")
-    _passed(name)
 
 
 def _threshold_for(s_val: np.ndarray, tpr: float) -> float:
@@ -650,7 +699,7 @@ def check_threshold_sweep_results(tprs, known_accepted, unknown_rejected, dist_v
 
 # --- CAC: the network (notebook 07) ---
 
-def _cnn_variant(n: int, channels, dropout: float, *, pool="avg", relu_first=False,
+def _cnn_reference_variant(n: int, channels, dropout: float, *, pool="avg", relu_first=False,
                  hidden=True, extra_layer=False):
     """:class:`SmallCNN`'s architecture, or one of its typical mistakes (see check_cac_network)."""
     from torch import nn
@@ -680,6 +729,173 @@ def _trainable(module) -> list:
     return [q for q in module.parameters() if q.requires_grad]
 
 
+def _probe_cac_network(ns, name, seed, n, channels, dropout, alpha, x, train_seed):
+    """Kernel side of :func:`check_cac_network` (self-contained: the grader sends its source).
+
+    Builds ``ns[name](n, channels, dropout, alpha)`` after ``torch.manual_seed(seed)`` and
+    returns plain values only: whether it is a module, its trainable parameters in order, its
+    ``anchors`` and whether they are registered (a buffer or a frozen parameter), ``embed(x)``
+    twice and ``forward(x)`` in evaluation mode, ``embed(x)`` in training mode after
+    ``torch.manual_seed(train_seed)``. What the student's code raises propagates (a
+    ``TypeError`` of the constructor comes back as ``{"error": ...}``, to name the signature).
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    try:
+        net = ns[name](n, channels=tuple(channels), dropout=dropout, alpha=alpha)
+    except TypeError as err:
+        return {"error": str(err)}
+    if not isinstance(net, torch.nn.Module):
+        return {"module": False}
+    out = {"module": True,
+           "trainable": [p.detach().clone() for p in net.parameters() if p.requires_grad]}
+    anchors = getattr(net, "anchors", None)
+    if not isinstance(anchors, torch.Tensor):
+        return dict(out, anchors=None)
+    fixed = list(dict(net.named_buffers()).values()) + [
+        p for p in net.parameters() if not p.requires_grad]
+    out.update(anchors=anchors.detach().clone(), registered=any(v is anchors for v in fixed))
+    embed = getattr(net, "embed", None)
+    out["has_embed"] = callable(embed)
+    if not callable(embed):
+        return out
+    net.eval()
+    with torch.no_grad():
+        out["embed_eval"] = [embed(x), embed(x)]
+        out["forward_eval"] = net(x)
+    net.train()
+    torch.manual_seed(train_seed)
+    with torch.no_grad():
+        out["embed_train"] = embed(x)
+    net.eval()
+    return out
+
+
+def _judge_cac_network(run: Callable, name: str) -> None:
+    """The verdict of :func:`check_cac_network` from what ``run(_probe_cac_network, ...)``
+    returns (here for the self-check, from the kernel for the grader)."""
+    __tracebackhide__ = True
+    from ...course.cac_experiment import SmallCNN
+    from . import _common
+
+    for seed, n, channels, dropout, alpha in ((0, 6, (4, 4, 8), 0.5, 10.0),
+                                              (1, 3, (3, 5, 6), 0.3, 2.5)):
+        case = f"num_classes={n}, channels={channels}, dropout={dropout}, alpha={alpha:g}"
+        torch_seed = seed + _common.SEED_SHIFT
+        x = torch.randn(5, 1, 28, 28, generator=_gen(950 + seed))
+        got = run(_probe_cac_network, name, torch_seed, n, list(channels), dropout, alpha, x,
+                  77 + torch_seed)
+        if not isinstance(got, dict):
+            _hidden_assert(f"{name}: the check could not read the network ({case})")
+        if "error" in got:
+            _hidden_assert(f"{name}({case}) failed: {got['error']}; keep the signature "
+                           "(num_classes, channels, dropout, alpha=10.0)")
+        if not got.get("module"):
+            _hidden_assert(f"{name} must be a torch.nn.Module subclass (call super().__init__())")
+        torch.manual_seed(torch_seed)
+        ref = SmallCNN(n, channels=channels, dropout=dropout)
+        trainable = list(got.get("trainable") or [])
+        got_shapes = [tuple(getattr(q, "shape", ())) for q in trainable]
+        want_shapes = [tuple(q.shape) for q in ref.parameters()]
+        if got_shapes != want_shapes:
+            variants = {
+                "an extra N x N linear layer after the logits: in the paper (and here) the "
+                "logit layer itself is the anchor space; that layer came from a student "
+                "project": dict(extra_layer=True),
+                "the 256-unit hidden layer is missing: flatten, Linear(c3 * 3 * 3, 256), ReLU, "
+                "dropout, then Linear(256, num_classes)": dict(hidden=False),
+            }
+            for hint, kw in variants.items():
+                if got_shapes == [tuple(q.shape) for q in
+                                  _cnn_reference_variant(n, channels, dropout, **kw).parameters()]:
+                    _hidden_assert(f"{name}: {hint} ({case})")
+            if any(s == (n, n) for s in got_shapes) and len(got_shapes) == len(want_shapes) + 1:
+                _hidden_assert(f"{name}: the anchors are a trainable parameter: store them with "
+                               "register_buffer (or nn.Parameter(..., requires_grad=False)), "
+                               f"they must stay fixed ({case})")
+            _hidden_assert(f"{name}: its trainable parameters have shapes {got_shapes}, the "
+                           f"course's CNN {want_shapes} ({case}); three 5 x 5 convolutions "
+                           "(1 -> c1 -> c2 -> c3), Linear(c3 * 3 * 3, 256), "
+                           "Linear(256, num_classes), nothing else trainable")
+        if not all(torch.equal(torch.as_tensor(a).double(), b.detach().double())
+                   for a, b in zip(trainable, ref.parameters())):
+            _hidden_assert(f"{name}: after the same torch.manual_seed its initial weights differ "
+                           f"from the course CNN's ({case}): create the layers in the order "
+                           "they are used (conv1, conv2, conv3, hidden, output) and draw no other "
+                           "random numbers in __init__, so that CAC starts where the baseline "
+                           "starts")
+        anchors = got.get("anchors")
+        if not isinstance(anchors, torch.Tensor):
+            _hidden_assert(f"{name} has no tensor attribute `anchors` ({case}): store the "
+                           "anchors of class_anchors_exercise(num_classes, alpha) on the module")
+        if not got.get("registered"):
+            _hidden_assert(f"{name}: `anchors` is a plain attribute ({case}); register it "
+                           "(self.register_buffer('anchors', ...)) so that it is saved with the "
+                           "weights and moves with .to(device)")
+        want_anchors = float(alpha) * torch.eye(n, dtype=torch.float64)  # alpha * I
+        got_anchors = anchors.detach().double().numpy()
+        if not _close(got_anchors, want_anchors.numpy(), 1e-6, 1e-6):
+            hint = ("alpha is hard-coded: pass the `alpha` argument to class_anchors_exercise"
+                    if alpha != 10 and _close(got_anchors, 10 * np.eye(n), 1e-6, 1e-6)
+                    else "the anchors are not alpha * I (use class_anchors_exercise)")
+            _hidden_assert(f"{name}: {hint} ({case})")
+        if not got.get("has_embed"):
+            _hidden_assert(f"{name} has no method embed(x) returning the logits ({case})")
+        ref.eval()
+        with torch.no_grad():
+            want = ref(x)
+        z1, z2 = got["embed_eval"]
+        z1 = _tensor_result(z1, f"{name}.embed", "(B, N) logits", case)
+        got_z = _cac_array(z1, f"{name}.embed", "(B, N) logits")
+        if got_z.shape != tuple(want.shape):
+            _hidden_assert(f"{name}.embed returned shape {got_z.shape}, expected "
+                           f"{tuple(want.shape)} ({case})")
+        if not _close(got_z, want.double().numpy(), 1e-4, 1e-5):
+            z2 = _tensor_result(z2, f"{name}.embed", "(B, N) logits", case)
+            if not _close(got_z, z2.double().numpy(), 1e-6, 1e-7):
+                _hidden_assert(f"{name}.embed: two calls in evaluation mode give different "
+                               f"logits ({case}): dropout is still on; use nn.Dropout "
+                               "modules, or F.dropout(x, p, training=self.training)")
+            variants = {"max pooling instead of average pooling (nn.AvgPool2d(2))":
+                            dict(pool="max"),
+                        "ReLU before the pooling: the course CNN (like the source) pools "
+                        "the convolution's output, then applies ReLU": dict(relu_first=True)}
+            for hint, kw in variants.items():
+                var = _cnn_reference_variant(n, channels, dropout, **kw).eval()
+                with torch.no_grad():
+                    for q, v in zip(var.parameters(), ref.parameters()):
+                        q.copy_(v)
+                    if _close(got_z, var(x).double().numpy(), 1e-4, 1e-5):
+                        _hidden_assert(f"{name}.embed: {hint} ({case})")
+            _hidden_assert(f"{name}.embed(x) differs from the course CNN's logits in "
+                           f"evaluation mode ({case}); check the order conv -> pool -> "
+                           "ReLU -> dropout, the ReLU after every convolution and after the "
+                           "hidden layer, and that embed returns the last layer's output")
+        forward = _tensor_result(got.get("forward_eval"), name, "(B, N) distances", case)
+        dist = _cac_array(forward, name, "(B, N) distances")
+        want_d = torch.cdist(want.double(), want_anchors).numpy()  # ||z - alpha e_j||
+        if not _close(dist, want_d, 1e-4, 1e-4):
+            hint = ("forward returns the logits: return the distances of embed(x) to the "
+                    "anchors (anchor_distances_exercise)"
+                    if _close(dist, want.double().numpy(), 1e-4, 1e-5) else
+                    "forward(x) is not the distance of embed(x) to every anchor")
+            _hidden_assert(f"{name}: {hint} ({case})")
+        plain = _cnn_reference_variant(n, channels, dropout)  # SmallCNN in the default memory
+        with torch.no_grad():                   # format, whose dropout masks a plain module shares
+            for q, v in zip(plain.parameters(), ref.parameters()):
+                q.copy_(v)
+        plain.train()
+        torch.manual_seed(77 + torch_seed)
+        with torch.no_grad():
+            want_t = plain(x)
+        got_t = _tensor_result(got.get("embed_train"), f"{name}.embed", "(B, N) logits", case)
+        if not _close(got_t.detach().double().numpy(), want_t.double().numpy(), 1e-4, 1e-5):
+            _hidden_assert(f"{name}.embed in training mode differs from the course CNN "
+                           f"({case}): dropout (p = the `dropout` argument) belongs after each "
+                           "of the four ReLUs, as in the baseline printed above")
+
+
 @compares_with('course.cac_experiment:CACNetwork', 'course.cac_experiment:SmallCNN')
 def check_cac_network(student_fn: Callable) -> None:
     """Self-check of the class ``CACNetworkExercise(num_classes, channels, dropout, alpha)`` (notebook 07).
@@ -692,133 +908,13 @@ def check_cac_network(student_fn: Callable) -> None:
     masks), and ``forward(x)`` against the distances to the anchors. Names the typical
     mistakes: an extra ``N x N`` layer, a missing hidden layer, max pooling, ReLU before the
     pooling, trainable or hard-coded anchors, dropout left on in evaluation, logits instead of
-    distances.
+    distances. The grader runs the same verdict on what the kernel returns
+    (:func:`_probe_cac_network`), on seeds of its own.
     """
     __tracebackhide__ = True
-    from torch import nn
-
-    from ...course.cac_experiment import SmallCNN
-
     _require_callable(student_fn)
     name = getattr(student_fn, "__name__", "your network")
-    for seed, n, channels, dropout, alpha in ((0, 6, (4, 4, 8), 0.5, 10.0),
-                                              (1, 3, (3, 5, 6), 0.3, 2.5)):
-        case = f"num_classes={n}, channels={channels}, dropout={dropout}, alpha={alpha:g}"
-        torch.manual_seed(seed)
-        ref = SmallCNN(n, channels=channels, dropout=dropout)
-        torch.manual_seed(seed)
-        try:
-            net = student_fn(n, channels=channels, dropout=dropout, alpha=alpha)
-        except TypeError as err:
-            _hidden_assert(f"{name}({case}) failed: {err}; keep the signature "
-                           "(num_classes, channels, dropout, alpha=10.0)")
-        if not isinstance(net, nn.Module):
-            _hidden_assert(f"{name} must be a torch.nn.Module subclass (call super().__init__())")
-        got_shapes = [tuple(q.shape) for q in _trainable(net)]
-        want_shapes = [tuple(q.shape) for q in ref.parameters()]
-        if got_shapes != want_shapes:
-            variants = {
-                "an extra N x N linear layer after the logits: in the paper (and here) the "
-                "logit layer itself is the anchor space; that layer came from a student "
-                "project": dict(extra_layer=True),
-                "the 256-unit hidden layer is missing: flatten, Linear(c3 * 3 * 3, 256), ReLU, "
-                "dropout, then Linear(256, num_classes)": dict(hidden=False),
-            }
-            for hint, kw in variants.items():
-                if got_shapes == [tuple(q.shape) for q in
-                                  _cnn_variant(n, channels, dropout, **kw).parameters()]:
-                    _hidden_assert(f"{name}: {hint} ({case})")
-            if any(s == (n, n) for s in got_shapes) and len(got_shapes) == len(want_shapes) + 1:
-                _hidden_assert(f"{name}: the anchors are a trainable parameter: store them with "
-                               "register_buffer (or nn.Parameter(..., requires_grad=False)), "
-                               f"they must stay fixed ({case})")
-            _hidden_assert(f"{name}: its trainable parameters have shapes {got_shapes}, the "
-                           f"course's CNN {want_shapes} ({case}); three 5 x 5 convolutions "
-                           "(1 -> c1 -> c2 -> c3), Linear(c3 * 3 * 3, 256), "
-                           "Linear(256, num_classes), nothing else trainable")
-        if not all(torch.equal(a.detach(), b.detach()) for a, b in
-                   zip(_trainable(net), ref.parameters())):
-            _hidden_assert(f"{name}: after the same torch.manual_seed its initial weights differ "
-                           f"from the course CNN's ({case}): create the layers in the order "
-                           "they are used (conv1, conv2, conv3, hidden, output) and draw no other "
-                           "random numbers in __init__, so that CAC starts where the baseline "
-                           "starts")
-        anchors = getattr(net, "anchors", None)
-        if not isinstance(anchors, torch.Tensor):
-            _hidden_assert(f"{name} has no tensor attribute `anchors` ({case}): store the "
-                           "anchors of class_anchors_exercise(num_classes, alpha) on the module")
-        buffers = dict(net.named_buffers())
-        frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
-        if not any(v is anchors for v in list(buffers.values()) + list(frozen.values())):
-            _hidden_assert(f"{name}: `anchors` is a plain attribute ({case}); register it "
-                           "(self.register_buffer('anchors', ...)) so that it is saved with the "
-                           "weights and moves with .to(device)")
-        want_anchors = float(alpha) * torch.eye(n, dtype=torch.float64)  # alpha * I
-        if not _close(anchors.detach().double().numpy(), want_anchors.numpy(), 1e-6, 1e-6):
-            hint = ("alpha is hard-coded: pass the `alpha` argument to class_anchors_exercise"
-                    if alpha != 10 and _close(anchors.detach().double().numpy(),
-                                              10 * np.eye(n), 1e-6, 1e-6)
-                    else "the anchors are not alpha * I (use class_anchors_exercise)")
-            _hidden_assert(f"{name}: {hint} ({case})")
-        x = torch.randn(5, 1, 28, 28, generator=_gen(950 + seed))
-        embed = getattr(net, "embed", None)
-        if not callable(embed):
-            _hidden_assert(f"{name} has no method embed(x) returning the logits ({case})")
-        net.eval()
-        ref.eval()
-        with torch.no_grad():
-            z1, z2, want = embed(x), embed(x), ref(x)
-            forward = net(x)
-        got = _cac_array(_tensor_result(z1, f"{name}.embed", "(B, N) logits", case),
-                         f"{name}.embed", "(B, N) logits")
-        if got.shape != tuple(want.shape):
-            _hidden_assert(f"{name}.embed returned shape {got.shape}, expected "
-                           f"{tuple(want.shape)} ({case})")
-        if not _close(got, want.double().numpy(), 1e-4, 1e-5):
-            if not _close(z1.double().numpy(), z2.double().numpy(), 1e-6, 1e-7):
-                _hidden_assert(f"{name}.embed: two calls in evaluation mode give different "
-                               f"logits ({case}): dropout is still on; use nn.Dropout "
-                               "modules, or F.dropout(x, p, training=self.training)")
-            variants = {"max pooling instead of average pooling (nn.AvgPool2d(2))":
-                            dict(pool="max"),
-                        "ReLU before the pooling: the course CNN (like the source) pools "
-                        "the convolution's output, then applies ReLU": dict(relu_first=True)}
-            for hint, kw in variants.items():
-                var = _cnn_variant(n, channels, dropout, **kw).eval()
-                with torch.no_grad():
-                    for q, v in zip(var.parameters(), ref.parameters()):
-                        q.copy_(v)
-                    if _close(got, var(x).double().numpy(), 1e-4, 1e-5):
-                        _hidden_assert(f"{name}.embed: {hint} ({case})")
-            _hidden_assert(f"{name}.embed(x) differs from the course CNN's logits in "
-                           f"evaluation mode ({case}); check the order conv -> pool -> "
-                           "ReLU -> dropout, the ReLU after every convolution and after the "
-                           "hidden layer, and that embed returns the last layer's output")
-        dist = _cac_array(_tensor_result(forward, name, "(B, N) distances", case), name,
-                          "(B, N) distances")
-        want_d = torch.cdist(want.double(), want_anchors).numpy()  # ||z - alpha e_j||
-        if not _close(dist, want_d, 1e-4, 1e-4):
-            hint = ("forward returns the logits: return the distances of embed(x) to the "
-                    "anchors (anchor_distances_exercise)"
-                    if _close(dist, want.double().numpy(), 1e-4, 1e-5) else
-                    "forward(x) is not the distance of embed(x) to every anchor")
-            _hidden_assert(f"{name}: {hint} ({case})")
-        plain = _cnn_variant(n, channels, dropout)  # SmallCNN in the default memory format,
-        with torch.no_grad():                      # whose dropout masks a plain module shares
-            for q, v in zip(plain.parameters(), ref.parameters()):
-                q.copy_(v)
-        net.train()
-        plain.train()
-        torch.manual_seed(77 + seed)
-        got_t = embed(x)
-        torch.manual_seed(77 + seed)
-        want_t = plain(x)
-        if not _close(got_t.detach().double().numpy(), want_t.detach().double().numpy(),
-                      1e-4, 1e-5):
-            _hidden_assert(f"{name}.embed in training mode differs from the course CNN "
-                           f"({case}): dropout (p = the `dropout` argument) belongs after each "
-                           "of the four ReLUs, as in the baseline printed above")
-        net.eval()
+    _judge_cac_network(local_runner({name: student_fn}), name)
     _passed(name)
 
 
