@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from . import course_parts
-from .verdicts import AllOf, Computed, KernelReported, Probed, SelfCheck, Values
+from .verdicts import AllOf, Computed, Probed, SelfCheck, Values
 
 __all__ = ["stripped_package", "hidden_cache_files", "NOT_AVAILABLE", "stripped_names"]
 
@@ -34,9 +34,9 @@ def _package_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def _graded_checks(notebook: str) -> tuple[set[str], set[str]]:
-    """(checks the grader runs outside, checks the kernel's own output still decides)."""
-    outside, inside = set(), set()
+def _graded_checks(notebook: str) -> set[str]:
+    """The checks (and judges) of ``notebook`` that the grader runs outside the kernel."""
+    outside: set[str] = set()
 
     def walk(v):
         if isinstance(v, AllOf):
@@ -49,11 +49,9 @@ def _graded_checks(notebook: str) -> tuple[set[str], set[str]]:
         elif isinstance(v, (Values, Computed)):
             outside.update(getattr(v.judge_fn, "checks", ()))
 
-    for gid, verdict in course_parts.VERDICTS.get(notebook, {}).items():
-        if isinstance(verdict, KernelReported):
-            inside.add(gid)
+    for verdict in course_parts.VERDICTS.get(notebook, {}).values():
         walk(verdict)
-    return outside, inside
+    return outside
 
 
 def stripped_names(notebook: str) -> dict[str, set[str] | None]:
@@ -134,7 +132,7 @@ def stripped_package(notebook: str, cache_dir: Path) -> Path:
         digest.update(str(p.relative_to(root)).encode())
         digest.update(str(p.stat().st_mtime_ns).encode())
     digest.update(repr(sorted(course_parts.STRIP.get(notebook, []))).encode())
-    outside, _ = _graded_checks(notebook)
+    outside = _graded_checks(notebook)
     digest.update(repr(sorted(outside)).encode())
     target = Path(cache_dir) / f"ood_utils-{notebook}-{digest.hexdigest()[:12]}"
     if target.is_dir():

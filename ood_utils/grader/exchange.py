@@ -84,10 +84,15 @@ class Exchange:
     def _encode(self, x: Any, step: Path, grad_inputs: dict) -> dict:
         import torch
 
+        from ..answer_key.checks._common import tiny_clip_part
+
         if x is None:
             return {"t": "none"}
         if type(x) in (bool, int, float, str):
             return {"t": "json", "v": x}
+        part = tiny_clip_part(x)
+        if part is not None:  # the kernel loads the same shipped model itself
+            return {"t": "tiny_clip", "part": part}
         if isinstance(x, (np.integer, np.floating, np.bool_)):
             return {"t": "json", "v": x.item()}
         if type(x) is torch.nn.Linear:

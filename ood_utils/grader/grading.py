@@ -1,7 +1,11 @@
 """Grade student notebooks: run each in its own kernel and score the nbgrader check cells.
 
 A part is one graded check cell of the instructor notebook (nbgrader ``grade: true`` with
-``points``); it earns its points when the cell runs without error, else 0. Before a
+``points``); it earns its points only on the grader's own verdict
+(:mod:`ood_utils.grader.verdicts`, one per part in :mod:`ood_utils.grader.course_parts`):
+after the cell has run, the grader calls the student's functions in the kernel on inputs of
+its own and judges the plain values that come back, against references computed in this
+process; a cell that leaves no verdict earns 0. Before a
 submission runs, every locked cell (nbgrader ``grade: true`` or ``locked: true``) is restored
 from the instructor copy, matched by ``grade_id``; a deleted one is put back after the cell
 that precedes it in the instructor notebook. Each submission runs in a fresh temporary folder,
@@ -13,9 +17,11 @@ loop, dead kernel, invalid JSON) gives rows with a status and never stops the ot
 Trust: each kernel runs in a bubblewrap sandbox (:mod:`ood_utils.grader.sandbox`: read-only course
 and feature cache, no view of the instructor notebooks, the other submissions or the grades,
 no network, an unprivileged uid, limits on memory, processes and CPU time); without a working
-sandbox the grader refuses unless ``--no-sandbox`` is given. Before running, every cell the
-student controls is screened (:mod:`ood_utils.answer_key.screen`): a cell that patches the checks or
-uses the reference implementation is not run and the parts after it earn 0 (``rejected``).
+sandbox the grader refuses unless ``--no-sandbox`` is given; the sandbox mounts a build of the
+package without the graded notebook's reference implementations (:mod:`ood_utils.grader.build`).
+Every cell the student controls is screened (:mod:`ood_utils.answer_key.screen`); its findings
+appear in the feedback as an early warning and decide nothing for the course's parts (for a
+notebook without declared verdicts a flagged cell is not run and its parts are ``rejected``).
 
 Matching a submission to its instructor notebook (``--source``, default ``notebooks/``):
   DIR/<student>/02_knn.ipynb    the file name is an instructor notebook's name;
@@ -56,7 +62,7 @@ from ..course.cells import cell_source, is_graded_part, is_locked, nbgrader_meta
 from ..course.profiles import PROFILES, notebooks_dir
 from .course_parts import verdict_for
 from .sandbox import NOT_PROTECTED, UID_BASE, Limits, limit_note, parse_size
-from .verdicts import KernelReported, Outcome
+from .verdicts import Outcome
 
 __all__ = ["COLUMNS", "GradeOptions", "SandboxUnavailable", "Submission", "find_submissions", "match_submission", "graded_parts",
            "restore_locked_cells", "grade_notebook", "grade_submissions", "write_grades_csv",
@@ -440,11 +446,11 @@ def grade_notebook(sub: Submission, out_dir, options: GradeOptions | None = None
         "kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     findings = screen.screen_notebook(nb, instructor)
     # the screen decides nothing for a part the grader judges outside the kernel; it still
-    # guards the parts whose verdict is the kernel's own (KernelReported): those flagged
-    # cells are not run
+    # guards the parts of a notebook without declared verdicts (not one of the course's):
+    # those flagged cells are not run
     stem = Path(sub.source).stem
     verdicts = {gid: verdict_for(stem, gid) for gid, _ in parts}
-    trusted_kernel = {gid for gid, v in verdicts.items() if v is None or isinstance(v, KernelReported)}
+    trusted_kernel = {gid for gid, v in verdicts.items() if v is None}
     findings = [f for f in findings if set(f.parts) & trusted_kernel] + \
         [f for f in findings if not set(f.parts) & trusted_kernel]
     originals = {}
@@ -484,7 +490,7 @@ def grade_notebook(sub: Submission, out_dir, options: GradeOptions | None = None
         def after_cell(index, run_code):
             gid = by_index.get(index)
             verdict = verdicts.get(gid)
-            if gid is None or verdict is None or isinstance(verdict, KernelReported):
+            if gid is None or verdict is None:
                 return
             outcomes[gid] = judge_part(verdict, exchange_dir, run_code, box, profile,
                                        seed_shift, private_dir)

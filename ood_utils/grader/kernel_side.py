@@ -1,7 +1,8 @@
 """The grader's snippet inside a student's kernel: call a function, hand back plain data.
 
 This file is *source text* that the grader sends into the sandboxed kernel after a graded cell
-(it is never imported by the grader itself and imports nothing from :mod:`ood_utils`). It runs
+(it is never imported by the grader itself; from :mod:`ood_utils` it imports only the loader
+of the shipped tiny CLIP, which a check hands over by name, and what a probe imports). It runs
 in the student's interpreter, so nothing it does is trusted: it only turns the grader's
 request into a call and the call's result into files. The grader decides every grade from
 those files alone (:mod:`ood_utils.grader.exchange`).
@@ -22,6 +23,8 @@ or ``{"ok": false, "error": {"type": NAME, "message": TEXT}}``. A SPEC is plain 
 "torch": bool, "grad": bool}`` (numeric NumPy file, read with ``allow_pickle=False``),
 ``{"t": "list"|"tuple", "items": [SPEC]}``, ``{"t": "dict", "items": [[SPEC, SPEC]]}``,
 ``{"t": "linear", "weight": SPEC, "bias": SPEC}`` (a ``torch.nn.Linear``),
+``{"t": "tiny_clip", "part": "model"|"tokenizer"}`` (grader to kernel only: the shipped tiny
+CLIP, which the kernel loads itself),
 ``{"t": "other", "type": NAME}`` (anything else: the grader treats it as a wrong answer).
 """
 GRADER_SOURCE = r'''
@@ -36,6 +39,7 @@ def _ood_grader_main(user_ns, folder):
     out = _os.path.join(folder, "out")
     _os.makedirs(out, exist_ok=True)
     count = [0]
+    clip = {}
 
     def save(a):
         name = "v%d.npy" % count[0]
@@ -58,6 +62,12 @@ def _ood_grader_main(user_ns, folder):
                     grads.append((spec["file"], x))
                 return x
             return a
+        if t == "tiny_clip":  # a fresh copy of the shipped tiny CLIP, loaded here
+            if "clip" not in clip:
+                from ood_utils.course.models import load_clip
+                m, _, tok = load_clip("miniclip")
+                clip["clip"] = {"model": m, "tokenizer": tok}
+            return clip["clip"][spec["part"]]
         if t in ("list", "tuple"):
             items = [load(s, grads) for s in spec["items"]]
             return items if t == "list" else tuple(items)

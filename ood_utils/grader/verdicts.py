@@ -21,9 +21,6 @@ judges it here, against references computed in the grading process:
   probe runs in the kernel and hands back plain values, its judge decides here (the public
   self-check runs the same probe and judge on the student's objects, on the public seeds);
 * :class:`AllOf`: every one of several verdicts;
-* :class:`KernelReported`: (only where no outside verdict exists yet: 01's and 03's checks
-  whose inputs are a CLIP model, a tokenizer or a loader) the kernel's own check; listed in
-  README as not protected.
 
 A verdict returns an :class:`Outcome`; any failure is a structured :class:`Failure`.
 """
@@ -37,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["Outcome", "Failure", "Verdict", "SelfCheck", "Scores", "Values", "SweepCall", "Computed",
-           "Probed", "AllOf", "KernelReported", "Context"]
+           "Probed", "AllOf", "Context"]
 
 
 @dataclass(frozen=True)
@@ -315,13 +312,3 @@ class AllOf(Verdict):
             if not outcome.passed:
                 return outcome
         return Outcome.ok()
-
-
-@dataclass(frozen=True)
-class KernelReported(Verdict):
-    """The kernel's own check decides (no outside verdict yet): the cell ran without error."""
-
-    reason: str = ""
-
-    def judge(self, ctx: Context) -> Outcome:  # decided from the cell's outputs by the grader
-        raise RuntimeError("KernelReported is decided from the cell's outputs")

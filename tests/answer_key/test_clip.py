@@ -29,6 +29,8 @@ from ood_utils.course import models
 from ood_utils.course.data import feature_dataset, id_class_names
 from ood_utils.course.features import load_features
 
+from ._grader import assert_grader_accepts
+
 PROFILE = "miniclip"
 
 
@@ -686,15 +688,26 @@ def msp_inputs(clip, feats):
                 id_test=feats["id_test_feats"], ood_test=feats["ood_test_feats"])
 
 
-def msp_auroc(inp, text_fn=text_reference_shape, logits_fn=logits_reference_shape,
-              msp_fn=msp_torch_float64):
-    """The graded pipeline of notebook 03 with the given exercise functions."""
+def msp_pair(inp, text_fn=text_reference_shape, logits_fn=logits_reference_shape,
+             msp_fn=msp_torch_float64):
+    """The ID and OOD test scores of notebook 03's graded pipeline with these exercises."""
     with torch.no_grad():  # as the notebook's scoring cell
         text = text_fn(inp["model"], inp["tokenizer"], inp["names"])
         text = torch.as_tensor(np.asarray(text)) if not isinstance(text, torch.Tensor) else text
-        pair = [msp_fn(logits_fn(inp[split], inp["projection"], text, inp["scale"]))
+        return [msp_fn(logits_fn(inp[split], inp["projection"], text, inp["scale"]))
                 for split in ("id_test", "ood_test")]
-    return metrics.auroc(*pair)
+
+
+def msp_auroc(inp, **fns):
+    """The graded AUROC of notebook 03's pipeline with the given exercise functions."""
+    return metrics.auroc(*msp_pair(inp, **fns))
+
+
+def accepted(inp, **fns) -> bool:
+    """The AUROC check passes and the grader accepts the score vectors themselves."""
+    pair = msp_pair(inp, **fns)
+    assert_grader_accepts("msp", *pair)
+    return auroc_passes(metrics.auroc(*pair))
 
 
 def auroc_passes(value) -> bool:
@@ -709,7 +722,7 @@ def auroc_passes(value) -> bool:
 @pytest.mark.parametrize("fn", TEXT_CORRECT, ids=lambda f: f.__name__)
 def test_text_correct_variants_pass_both_checks(fn, msp_inputs):
     assert "public checks passed" in passes(checks.check_text_embeddings, fn)
-    assert auroc_passes(msp_auroc(msp_inputs, text_fn=fn))
+    assert accepted(msp_inputs, text_fn=fn)
 
 
 @pytest.mark.parametrize("fn, phrase", TEXT_MISTAKES, ids=lambda x: getattr(x, "__name__", ""))
@@ -720,7 +733,7 @@ def test_text_mistakes_are_named(fn, phrase):
 @pytest.mark.parametrize("fn", LOGITS_CORRECT, ids=lambda f: f.__name__)
 def test_logits_correct_variants_pass_both_checks(fn, msp_inputs):
     assert "public checks passed" in passes(checks.check_zero_shot_logits, fn)
-    assert auroc_passes(msp_auroc(msp_inputs, logits_fn=fn))
+    assert accepted(msp_inputs, logits_fn=fn)
 
 
 @pytest.mark.parametrize("fn, phrase", LOGITS_MISTAKES, ids=lambda x: getattr(x, "__name__", ""))
@@ -731,7 +744,7 @@ def test_logits_mistakes_are_named(fn, phrase):
 @pytest.mark.parametrize("fn", MSP_CORRECT, ids=lambda f: f.__name__)
 def test_msp_correct_variants_pass_both_checks(fn, msp_inputs):
     assert "public checks passed" in passes(checks.check_msp, fn)
-    assert auroc_passes(msp_auroc(msp_inputs, msp_fn=fn))
+    assert accepted(msp_inputs, msp_fn=fn)
 
 
 @pytest.mark.parametrize("fn, phrase", MSP_MISTAKES, ids=lambda x: getattr(x, "__name__", ""))
@@ -839,7 +852,7 @@ def test_head_correct_variants_pass_both_checks(fn, msp_inputs):
     assert "public checks passed" in passes(checks.check_clip_head, fn)
     projection, scale = fn(copy.deepcopy(msp_inputs["model"]))
     inp = dict(msp_inputs, projection=projection, scale=float(scale))
-    assert auroc_passes(msp_auroc(inp))
+    assert accepted(inp)
 
 
 @pytest.mark.parametrize("fn, phrase", HEAD_MISTAKES, ids=lambda x: getattr(x, "__name__", ""))

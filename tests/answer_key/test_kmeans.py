@@ -18,6 +18,8 @@ from ood_utils.methods import metrics
 from ood_utils import methods
 from ood_utils.course.features import load_features
 
+from ._grader import assert_kmeans_accepted
+
 from . import _maha_variants as V
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -163,10 +165,13 @@ def test_correct_variants_reach_the_targets(k, real):
     # the loops cost one (M, D) product per cluster: only for k = 10
     variants = V.CORRECT if k == 10 else V.VECTORISED
     for fn in variants:
+        scores = {}
         for relative in (False, True):
             s = torch.as_tensor(fn(tr, ids[k], both, relative=relative)).double().numpy()
-            checks.check_auroc(f"kmeans{k}_{'rmd' if relative else 'md'}",
-                               metrics.auroc(s[:n_in], s[n_in:]), profile="miniclip")
+            cid = f"kmeans{k}_{'rmd' if relative else 'md'}"
+            checks.check_auroc(cid, metrics.auroc(s[:n_in], s[n_in:]), profile="miniclip")
+            scores[relative] = s
+        assert_kmeans_accepted(tr, both, ids[k], k, scores[False], scores[True])
 
 
 def test_cluster_id_variants_agree_on_the_real_features(real):
@@ -181,10 +186,13 @@ def test_float64_kmeans_input_reaches_the_targets(real):
     """A different partition (another local optimum) but inside every tolerance."""
     tr, both, n_in, _ = real
     ids = ids_float64_input(tr, 10)
+    scores = {}
     for relative in (False, True):
         s = methods.mahalanobis_scores(tr, ids, both, relative=relative)
-        checks.check_auroc(f"kmeans10_{'rmd' if relative else 'md'}",
-                           metrics.auroc(s[:n_in], s[n_in:]), profile="miniclip")
+        cid = f"kmeans10_{'rmd' if relative else 'md'}"
+        checks.check_auroc(cid, metrics.auroc(s[:n_in], s[n_in:]), profile="miniclip")
+        scores[relative] = s
+    assert_kmeans_accepted(tr, both, ids, 10, scores[False], scores[True])
 
 
 # ------------------------------------------------------------------ the sweep over k (Exercise 4)

@@ -18,6 +18,8 @@ from ood_utils.answer_key import checks
 from ood_utils.methods import metrics
 from ood_utils.course.features import load_features
 
+from ._grader import assert_grader_accepts
+
 
 # --------------------------------------------------------------------------- correct variants
 
@@ -174,7 +176,10 @@ def _auroc(fn, feats):
 @pytest.mark.parametrize("fn", CORRECT, ids=lambda f: f.__name__)
 def test_correct_variant_passes_both_checks(fn, feats):
     checks.check_knn(fn)
-    checks.check_auroc("knn", _auroc(fn, feats), "miniclip")
+    train = feats["id_train_feats"]
+    pair = [fn(train, feats[split], k=1) for split in ("id_test_feats", "ood_test_feats")]
+    checks.check_auroc("knn", metrics.auroc(*pair), "miniclip")
+    assert_grader_accepts("knn", *pair)  # the score vectors themselves, as the grader judges
 
 
 @pytest.mark.parametrize("fn", list(MISTAKES), ids=lambda f: f.__name__)

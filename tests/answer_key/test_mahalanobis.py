@@ -17,6 +17,8 @@ from ood_utils.course import pipeline
 from ood_utils import methods
 from ood_utils.course.features import load_features
 
+from ._grader import assert_grader_accepts
+
 from . import _maha_variants as V
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -76,6 +78,11 @@ def test_correct_variant_passes_both_checks(fn, real, capsys):
     assert "public checks passed" in capsys.readouterr().out
     for cid, value in _aurocs(fn, real).items():
         checks.check_auroc(cid, value, profile="miniclip")
+    for base, (tr, y, te, oo) in real.items():  # the vectors themselves, as the grader judges
+        for relative in (False, True):
+            s = torch.as_tensor(fn(tr, y, torch.cat([te, oo]), relative=relative)).double()
+            assert_grader_accepts(base.replace("md", "rmd") if relative else base,
+                                  s[:len(te)], s[len(te):])
 
 
 def test_correct_variants_agree_on_the_real_features(real):

@@ -23,6 +23,8 @@ from ood_utils.course import pipeline
 from ood_utils import methods
 from ood_utils.course.features import load_features
 
+from ._grader import assert_plp_accepted
+
 EPOCHS, LR, SEED = methods.PROBE_EPOCHS, methods.PROBE_LR, 0
 
 
@@ -325,9 +327,11 @@ def _train(fn, data, labels_fn=labels_argmax):
 
 
 def _auroc(layer, msp_fn, data):
+    """The graded AUROC; the grader must also accept the score vectors themselves."""
     feats, _ = data
-    return metrics.auroc(msp_fn(layer, feats["id_test_feats"]),
-                         msp_fn(layer, feats["ood_test_feats"]))
+    pair = [msp_fn(layer, feats[split]) for split in ("id_test_feats", "ood_test_feats")]
+    assert_plp_accepted(layer, *pair)
+    return metrics.auroc(*pair)
 
 
 # --------------------------------------------------------------------------- tests

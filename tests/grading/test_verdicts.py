@@ -18,7 +18,7 @@ import torch
 from ood_utils.course.cells import is_graded_part, nbgrader_meta
 from ood_utils.grader import build, course_parts
 from ood_utils.grader.exchange import Exchange, NoAnswer, StudentError
-from ood_utils.grader.verdicts import KernelReported, Outcome, SelfCheck
+from ood_utils.grader.verdicts import Outcome, SelfCheck
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
@@ -204,14 +204,6 @@ def test_stripped_reference_raises_not_available(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(mirror)}, cwd=tmp_path)
     assert "REFUSED not available while grading" in out.stdout, out.stderr[-2000:]
-
-
-def test_kernel_reported_parts_are_few_and_named():
-    names = sorted(f"{nb}/{gid}" for nb, parts in course_parts.VERDICTS.items()
-                   for gid, v in parts.items() if isinstance(v, KernelReported))
-    assert names == ["01_features/features_selfcheck", "01_features/features_shapes",
-                     "01_features/split_selfcheck", "03_msp/clip_head_selfcheck",
-                     "03_msp/msp_sweep_selfcheck", "03_msp/text_embeddings_selfcheck"]
 
 
 # --------------------------------------------------------------------------- sweeps called
@@ -419,3 +411,170 @@ def test_the_kmeans_sweep_is_called_on_the_graders_rows(tmp_path):
     assert outcomes["ok"].passed, outcomes["ok"]
     assert not outcomes["swapped"].passed and "grader's own inputs" in \
         outcomes["swapped"].failure.message
+
+
+def test_01s_parts_are_judged_here_on_what_the_kernel_returns(tmp_path):
+    """01's split, extraction loop and real features: probes in the kernel, verdicts here."""
+    from ood_utils.course.models import load_clip
+    from ood_utils.grader.verdicts import Context
+
+    parts = course_parts.VERDICTS["01_features"]
+    ns = _solutions("01_features", ("split_visual_exercise", "extract_features_exercise"))
+    model, preprocess, _ = load_clip("miniclip")
+    backbone, _ = ns["split_visual_exercise"](model)
+    ns.update(backbone=backbone, preprocess=preprocess)
+    right_extract = ns["extract_features_exercise"]
+
+    def normalised(backbone, loader, device):
+        feats, labels = right_extract(backbone, loader, device)
+        return torch.nn.functional.normalize(feats, dim=1), labels
+
+    def with_head(model):  # the projection left in the backbone
+        return model.visual, model.visual.head
+
+    cases = {
+        "split_ok": ("split_selfcheck", ns, None),
+        "split_head": ("split_selfcheck", dict(ns, split_visual_exercise=with_head),
+                       "still applies the projection"),
+        "loop_ok": ("features_selfcheck", ns, None),
+        "loop_normalised": ("features_selfcheck", dict(ns, extract_features_exercise=normalised),
+                            "L2-normalised"),
+        "real_ok": ("features_shapes", ns, None),
+        "real_normalised": ("features_shapes", dict(ns, extract_features_exercise=normalised),
+                            "differ from the reference extraction"),
+    }
+    for label, (gid, space, words) in cases.items():
+        (tmp_path / label).mkdir()
+        outcome = parts[gid].judge(Context(_exchange(tmp_path / label, space), "miniclip", 777))
+        if words is None:
+            assert outcome.passed, (label, outcome)
+        else:
+            assert not outcome.passed and words in outcome.failure.message, (label, outcome)
+
+
+def test_03s_clip_parts_are_judged_here_with_the_tiny_clip_sent_by_name(tmp_path):
+    """03's text embeddings and sweep (SelfCheck; the tiny CLIP goes to the kernel by name) and
+    its CLIP head (a probe): the instructor's code passes, a typical mistake fails."""
+    from ood_utils.grader.verdicts import Context
+
+    parts = course_parts.VERDICTS["03_msp"]
+    ns = _solutions("03_msp", ("text_embeddings_exercise", "clip_head_exercise",
+                               "zero_shot_logits_exercise", "msp_exercise",
+                               "msp_sweep_exercise"))
+
+    def unnormalised(model, tokenizer, class_names, template="{}"):
+        with torch.no_grad():
+            return model.encode_text(tokenizer([template.format(c) for c in class_names])).float()
+
+    def raw_scale(model):
+        return model.visual.head, model.logit_scale.item()
+
+    cases = {
+        "text_ok": ("text_embeddings_selfcheck", ns, None),
+        "text_raw": ("text_embeddings_selfcheck", dict(ns, text_embeddings_exercise=unnormalised),
+                     "not L2-normalised"),
+        "head_ok": ("clip_head_selfcheck", ns, None),
+        "head_raw": ("clip_head_selfcheck", dict(ns, clip_head_exercise=raw_scale),
+                     "log(1/tau)"),
+        "sweep_ok": ("msp_sweep_selfcheck", ns, None),
+        "sweep_forged": ("msp_sweep_selfcheck", dict(
+            ns, msp_sweep_exercise=lambda *a: {(t, T): 50.0 for t in a[5] for T in a[6]}), ""),
+    }
+    for label, (gid, space, words) in cases.items():
+        (tmp_path / label).mkdir()
+        outcome = parts[gid].judge(Context(_exchange(tmp_path / label, space), "miniclip", 4321))
+        if words is None:
+            assert outcome.passed, (label, outcome)
+        else:
+            assert not outcome.passed and words in outcome.failure.message, (label, outcome)
+
+
+@pytest.mark.parametrize("notebook, module, names", [
+    ("01_features", "course/features.py", ("extract_features",)),
+    ("03_msp", "course/models.py", ("text_embeddings", "zero_shot_logits")),
+    ("03_msp", "methods/msp.py", ("msp_scores",)),
+    ("07_cac_osr", "methods/cac.py", ("cac_loss", "class_anchors", "anchor_distances"))])
+def test_the_references_of_the_probed_parts_raise_in_the_sandbox(tmp_path, notebook, module,
+                                                                 names):
+    tree = ast.parse((build.stripped_package(notebook, tmp_path) / module).read_text())
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    for name in names:
+        body = functions[name].body
+        assert len(body) == 1 and isinstance(body[0], ast.Raise), (notebook, name)
+    kept = {"01_features": "load_features", "03_msp": "load_clip"}.get(notebook)
+    if kept and kept in functions:  # the helpers of the locked cells stay
+        assert not isinstance(functions[kept].body[-1], ast.Raise)
+
+
+def test_a_kmeans_part_is_judged_on_the_students_own_partition(tmp_path):
+    """Another converged partition (float64 input: another local optimum) keeps the points; a
+    partition that is not a k-means fixed point, or scores that do not follow the partition,
+    lose them."""
+    from sklearn.cluster import KMeans
+
+    from ood_utils.grader.verdicts import Computed, Context
+    from ood_utils.methods import mahalanobis_scores
+
+    verdict = course_parts.verdict_for("06_kmeans", "kmeans10_auroc")
+    assert isinstance(verdict, Computed)
+    _, (train, id_test, ood_test) = course_parts._rotated("miniclip")
+    both, n = torch.cat([id_test, ood_test]), len(id_test)
+
+    def space(ids, shift=0.0):
+        ids = torch.as_tensor(ids).long()
+        scores = {f"kmeans10_{kind}": tuple(
+            s + shift for s in torch.as_tensor(mahalanobis_scores(
+                train, ids, both, relative=kind == "rmd")).double().split([n, len(both) - n]))
+            for kind in ("md", "rmd")}
+        return {"cluster_ids": {10: ids}, "kmeans_scores": scores}
+
+    f64 = KMeans(10, random_state=0, n_init=1, algorithm="lloyd").fit(
+        train.double().numpy()).labels_.astype(np.int64)
+    proj = train.double().numpy() @ np.random.default_rng(1).normal(size=train.shape[1])
+    quantiles = np.searchsorted(np.quantile(proj, np.linspace(0, 1, 11)[1:-1]), proj)
+    outcomes = {}
+    for label, ns in (("float64", space(f64)), ("quantiles", space(quantiles)),
+                      ("shifted", space(f64, shift=5.0))):
+        (tmp_path / label).mkdir()
+        outcomes[label] = verdict.judge(Context(_exchange(tmp_path / label, ns), "miniclip", 1))
+    assert outcomes["float64"].passed, outcomes["float64"]
+    assert not outcomes["quantiles"].passed and "not a k-means partition" in \
+        outcomes["quantiles"].failure.message
+    assert not outcomes["shifted"].passed and "with your clusters as the classes" in \
+        outcomes["shifted"].failure.message
+
+
+def test_the_plp_part_is_judged_on_the_students_own_probe(tmp_path):
+    from ood_utils.course import pipeline
+    from ood_utils.course.features import load_features
+    from ood_utils.grader.verdicts import Computed, Context
+
+    verdict = course_parts.verdict_for("04_plp", "plp_auroc")
+    assert isinstance(verdict, Computed)
+    feats = load_features("miniclip", progress=False)
+    probe = pipeline.plp_probe(seed=0, profile="miniclip", progress=False)
+    good = torch.nn.Linear(*probe["weight"].shape[::-1])
+    with torch.no_grad():
+        good.weight.copy_(probe["weight"])
+        good.bias.copy_(probe["bias"])
+    torch.manual_seed(0)
+    untrained = torch.nn.Linear(*probe["weight"].shape[::-1])
+
+    def msp(layer, x):
+        with torch.no_grad():
+            return layer(x).double().softmax(dim=1).max(dim=1).values
+
+    def space(layer, scorer=msp):
+        return {"layer": layer, "score_in": scorer(layer, feats["id_test_feats"]),
+                "score_out": scorer(layer, feats["ood_test_feats"])}
+
+    outcomes = {}
+    for label, ns in (("ok", space(good)), ("untrained", space(untrained)),
+                      ("other_scores", space(good, lambda layer, x: msp(layer, x) ** 2))):
+        (tmp_path / label).mkdir()
+        outcomes[label] = verdict.judge(Context(_exchange(tmp_path / label, ns), "miniclip", 3))
+    assert outcomes["ok"].passed, outcomes["ok"]
+    assert not outcomes["untrained"].passed and "best epoch" in \
+        outcomes["untrained"].failure.message
+    assert not outcomes["other_scores"].passed and "maximum softmax probability" in \
+        outcomes["other_scores"].failure.message

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -312,9 +313,30 @@ def _check_sweep_result(sweep_id: str, values: dict, profile, reference, label,
     print(f"{sweep_id}: all {len(keys)} values within tolerance ({p.name}, {source})\n{report}")
 
 
+_TINY_CLIP_PARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _clip_model_for_checks():
-    """The shipped tiny CLIP (small, offline): the model the text and split checks run on."""
+    """The shipped tiny CLIP (small, offline): the model the text and split checks run on.
+
+    A fresh copy per call. Both objects are remembered (weakly) as the tiny CLIP's parts, so
+    that the grader hands them to a student's kernel by name (the kernel loads the same
+    shipped model) instead of as objects: :func:`tiny_clip_part`.
+    """
     from ...course.models import load_clip
 
     model, _, tokenizer = load_clip("miniclip")
+    _TINY_CLIP_PARTS[model] = "model"
+    try:
+        _TINY_CLIP_PARTS[tokenizer] = "tokenizer"
+    except TypeError:  # a tokenizer without weak references: handed over as an object
+        pass
     return model, tokenizer
+
+
+def tiny_clip_part(obj) -> str | None:
+    """``"model"``/``"tokenizer"`` if ``obj`` is one returned by :func:`_clip_model_for_checks`."""
+    try:
+        return _TINY_CLIP_PARTS.get(obj)
+    except TypeError:  # unhashable
+        return None

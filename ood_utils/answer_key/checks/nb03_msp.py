@@ -7,7 +7,10 @@ import numpy as np
 import torch
 
 from ..registry import compares_with
-from ._common import _as_array, _auroc_percent, _check_sweep_result, _clip_model_for_checks, _close, _compare, _fn_name, _gen, _hide_check_frames, _normalize, _passed, _random_feats, _require_callable, _softmax, _sweep_hints, _sweep_values
+from ._common import (_as_array, _auroc_percent, _check_sweep_result, _clip_model_for_checks,
+                      _close, _compare, _fn_name, _gen, _hide_check_frames, _normalize, _passed,
+                      _random_feats, _require_callable, _softmax, _sweep_hints, _sweep_values,
+                      local_runner)
 
 # --------------------------------------------------------------------------- MSP (part IV)
 
@@ -167,70 +170,89 @@ def check_msp(student_fn: Callable) -> None:
     _passed(name)
 
 
-@compares_with('course.models:load_clip', 'course.models:split_visual')
-def check_clip_head(student_fn: Callable) -> None:
-    """Self-check of ``clip_head_exercise(model) -> (projection, logit_scale)``.
+def _probe_clip_head(ns, name, h):
+    """Kernel side of :func:`check_clip_head` (self-contained: the grader sends its source).
 
-    Runs on a copy of the shipped tiny CLIP (whatever the profile): ``projection`` must map
-    trunk features ``(N, feature_dim)`` to the image embeddings of the joint space, exactly as
-    the image tower's last layer does, and ``logit_scale`` must be the factor in front of the
-    cosines, ``exp(model.logit_scale)`` = 1/tau, as a number or a 0-d tensor.
+    Calls ``ns[name]`` on a fresh copy of the shipped tiny CLIP and returns plain values:
+    ``projection(h)`` (or its error) and what ``logit_scale`` is (a number, a tensor's size,
+    whether it tracks gradients).
     """
-    import copy
+    import torch
 
+    from ood_utils.course.models import load_clip
+
+    out = ns[name](load_clip("miniclip")[0])
+    if not isinstance(out, tuple) or len(out) != 2:
+        return {"pair": False, "type": type(out).__name__}
+    projection, scale = out
+    res = {"pair": True, "callable": callable(projection),
+           "projection_type": type(projection).__name__, "z": None, "error": None,
+           "scale": None, "scale_type": type(scale).__name__, "scale_numel": 1,
+           "scale_grad": False}
+    if res["callable"]:
+        try:
+            with torch.no_grad():
+                res["z"] = projection(h.clone())
+        except Exception as err:  # noqa: BLE001 - named in the verdict
+            res["error"] = "%s: %s" % (type(err).__name__, err)
+    if isinstance(scale, torch.Tensor):
+        res.update(scale_numel=int(scale.numel()), scale_grad=bool(scale.requires_grad))
+        if scale.numel() == 1:
+            res["scale"] = float(scale.detach())
+    else:
+        try:
+            res["scale"] = float(scale)
+        except (TypeError, ValueError):
+            pass
+    return res
+
+
+def _judge_clip_head(run: Callable, name: str) -> None:
+    """The verdict of :func:`check_clip_head` from what ``run(_probe_clip_head, ...)`` returns."""
     from ...course.models import split_visual
 
-    _require_callable(student_fn)
-    name = _fn_name(student_fn)
     model, _ = _clip_model_for_checks()
-    model = copy.deepcopy(model)
     raw = float(model.logit_scale.detach())
     trunk, head = split_visual(model)
     with torch.no_grad():
         h = _random_feats(6, trunk(torch.zeros(1, 3, 32, 32)).shape[1], 95)
         want = head(h).double().numpy()
     d, e = h.shape[1], want.shape[1]
-    out = student_fn(model)
-    if not isinstance(out, tuple) or len(out) != 2:
+    got = run(_probe_clip_head, name, h)
+    if not got.get("pair"):
         raise AssertionError(f"{name} must return a pair (projection, logit_scale), got "
-                             f"{type(out).__name__}")
-    projection, scale = out
-    if not callable(projection):
-        raise AssertionError(f"{name} returned a {type(projection).__name__} as the projection: "
+                             f"{got.get('type')}")
+    if not got.get("callable"):
+        raise AssertionError(f"{name} returned a {got.get('projection_type')} as the projection: "
                              "return the module (a torch.nn.Module) that maps trunk features "
                              "to the joint space, so that projection(h) works")
     case = f"6 random trunk feature vectors of dimension {d}, joint space of dimension {e}"
-    try:
-        with torch.no_grad():
-            z = projection(h.clone())
-    except Exception as err:
+    if got.get("error"):
         raise AssertionError(
             f"the projection returned by {name} fails on trunk features ({case}): "
-            f"{type(err).__name__}: {err}. It must take the stored trunk features (the output "
+            f"{got['error']}. It must take the stored trunk features (the output "
             "of the tower's trunk), not images: it is the image tower's LAST part, the one "
-            "notebook 01 split off (print(model.visual) shows the parts)") from None
-    got = _as_array(z, f"{name}: projection", "image embeddings")
-    if got.shape == (6, d) and d != e:
+            "notebook 01 split off (print(model.visual) shows the parts)")
+    z = _as_array(got.get("z"), f"{name}: projection", "image embeddings")
+    if z.shape == (6, d) and d != e:
         raise AssertionError(f"the projection returned by {name} keeps {d} dimensions ({case}); "
                              f"it must map them to the {e}-d joint space of image and text")
-    _compare(got, want, f"{name}: projection(h)", case, "the image embeddings W h",
+    _compare(z, want, f"{name}: projection(h)", case, "the image embeddings W h",
              hints={"the projection normalises its output: return the linear layer itself "
                     "(the logits exercise normalises)": _normalize(want)})
-    if isinstance(scale, torch.Tensor) and scale.numel() != 1:
-        raise AssertionError(f"{name} returned a logit_scale of shape {tuple(scale.shape)}; "
-                             "return one number")
-    if isinstance(scale, torch.Tensor) and scale.requires_grad:
+    if got.get("scale_numel") != 1:
+        raise AssertionError(f"{name} returned a logit_scale of {got.get('scale_numel')} "
+                             "numbers; return one number")
+    if got.get("scale_grad"):
         raise AssertionError(f"{name} returned logit_scale as a tensor that tracks gradients: "
                              "return a Python float (.item()), or every logit computed with it "
                              "would track them too")
-    try:
-        s = float(scale.detach()) if isinstance(scale, torch.Tensor) else float(scale)
-    except (TypeError, ValueError):
-        raise AssertionError(f"{name} returned a {type(scale).__name__} as logit_scale; return "
-                             "a number (float, or a 0-d tensor)") from None
+    if got.get("scale") is None:
+        raise AssertionError(f"{name} returned a {got.get('scale_type')} as logit_scale; return "
+                             "a number (float, or a 0-d tensor)")
+    s = float(got["scale"])
     want_s = float(np.exp(raw))
     if abs(s - want_s) <= 1e-4 * want_s:
-        _passed(name)
         return
     hints = {
         f"this is the stored parameter model.logit_scale itself ({raw:.4g}), which is "
@@ -242,6 +264,23 @@ def check_clip_head(student_fn: Callable) -> None:
                  if v is not None and abs(s - v) <= 1e-4 * abs(v)), "")
     raise AssertionError(f"{name} returned logit_scale = {s:.6g}; the tiny CLIP's factor "
                          f"1/tau is {want_s:.6g}.{hint}")
+
+
+@compares_with('course.models:load_clip', 'course.models:split_visual')
+def check_clip_head(student_fn: Callable) -> None:
+    """Self-check of ``clip_head_exercise(model) -> (projection, logit_scale)``.
+
+    Runs on a copy of the shipped tiny CLIP (whatever the profile): ``projection`` must map
+    trunk features ``(N, feature_dim)`` to the image embeddings of the joint space, exactly as
+    the image tower's last layer does, and ``logit_scale`` must be the factor in front of the
+    cosines, ``exp(model.logit_scale)`` = 1/tau, as a number or a 0-d tensor. The grader runs
+    the same verdict on what the kernel returns (:func:`_probe_clip_head`), on features of its
+    own.
+    """
+    _require_callable(student_fn)
+    name = _fn_name(student_fn)
+    _judge_clip_head(local_runner({name: student_fn}), name)
+    _passed(name)
 
 
 @compares_with('course.models:load_clip', 'course.models:text_embeddings', 'methods.msp:msp_scores')

@@ -8,6 +8,7 @@ from . import cac, honest, kmeans, knn, mahalanobis, others
 
 def all_subs():
     subs = (knn.subs() + mahalanobis.subs() + cac.subs() + kmeans.subs() + others.subs()
+            + others.object_subs()
             + honest.subs())
     names = [(s.student, s.notebook) for s in subs]
     assert len(names) == len(set(names)), "two submissions share a student and notebook"

@@ -42,3 +42,33 @@ def subs() -> list[Sub]:
                             layer.bias.copy_(torch.as_tensor(saved["bias"]))''')},
             cheated=PROBE),
     ]
+
+
+# --------------------------------------------------------------------------- 01 and 03's objects
+FEATURES = frozenset({"features_selfcheck", "features_shapes"})
+TEXT = frozenset({"text_embeddings_selfcheck", "msp_auroc", "msp_sweep_selfcheck",
+                  "msp_sweep_auroc"})
+
+
+def object_subs() -> list[Sub]:
+    """Cheats on the parts whose inputs are objects (a model, a loader): judged through probes
+    and the tiny CLIP sent by name."""
+    return [
+        Sub("reach_extract_features", "01_features", "reach",
+            "the extraction loop is the course's own extract_features (module found with "
+            "importlib, name built at run time)",
+            cells={"features_exercise": body('''
+                import importlib
+                lib = importlib.import_module("ood_utils.course." + "features")
+                feats, labels = getattr(lib, "extract" + "_features")(backbone, loader, device,
+                                                                    progress=False)''')},
+            cheated=FEATURES),
+        Sub("reach_text_reference", "03_msp", "reach",
+            "the text embeddings from the course's models.text_embeddings (through "
+            "operator.attrgetter on the module already imported by a locked cell)",
+            cells={"text_embeddings_exercise": body('''
+                from operator import attrgetter
+                text_embeds = attrgetter("text" + "_embeddings")(models)(
+                    model, tokenizer, list(class_names), (template,)).float()''')},
+            cheated=TEXT),
+    ]
