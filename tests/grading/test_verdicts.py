@@ -52,7 +52,6 @@ class _FakeKernel:
         self.ns, self.tamper = namespace, tamper
 
     def __call__(self, code):
-        import IPython.core.getipython as gi
 
         class Shell:
             user_ns = self.ns

@@ -373,7 +373,7 @@ def _cac_train_reference_variant(model, loader, epochs, lr, lambda_, *, zero_gra
             group["lr"] = lr * (1 - k / total_steps)
 
     opt = make()
-    batch_losses, history = [], []
+    history = []
     if train_mode:
         model.train()
     for epoch in range(epochs):
