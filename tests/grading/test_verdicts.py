@@ -52,7 +52,6 @@ class _FakeKernel:
         self.ns, self.tamper = namespace, tamper
 
     def __call__(self, code):
-
         class Shell:
             user_ns = self.ns
         ns = {"get_ipython": lambda: Shell()}
