@@ -193,8 +193,8 @@ def _cac_results_from_weights(exchange, profile, rng):
 
 
 #: a converged k-means partition leaves almost no training row nearer another cluster's mean
-#: (measured on 06's features, k = 10, 50, 100, float32 and float64 input, two seeds: at most
-#: 0.025 % of the rows); random or quantile partitions leave 60-99 %
+#: (measured on 06's miniclip features, k = 10, 50, 100, float32 and float64 input, two
+#: seeds: at most 0.025 % of the rows); random or quantile partitions leave 60-99 %
 LLOYD_MISMATCH = 0.005
 
 
@@ -314,7 +314,7 @@ def _real_features(exchange, profile, rng):
 
 #: the training accuracy on the pseudo-labels a probe must reach, below the reference probe's
 #: best epoch (04's correct variants, which choose the best epoch differently, all reach it
-#: exactly: 99.88 % of 36,000 images; 0.1 points = 36 images)
+#: exactly on miniclip: 99.88 % of 36,000 images; 0.1 points = 36 images)
 PROBE_ACCURACY_MARGIN = 0.001
 
 
@@ -328,7 +328,7 @@ def _plp_from_the_students_probe(exchange, profile, rng):
     import torch
 
     from ..answer_key.checks import check_auroc
-    from ..methods import metrics
+    from ..methods import metrics, msp_scores
 
     got = exchange.capture({"p": "[q.detach() for q in layer.parameters()]",
                             "in": "score_in", "out": "score_out"})
@@ -350,7 +350,7 @@ def _plp_from_the_students_probe(exchange, profile, rng):
         raise AssertionError(f"your probe agrees with the pseudo-labels on {100 * acc:.2f} % of "
                              f"the training images, the reference probe's best epoch on "
                              f"{100 * best:.2f} %: keep the weights of the best epoch")
-    want = [torch.softmax(f[split].double() @ w.T + b, dim=1).max(dim=1).values.numpy()
+    want = [np.asarray(msp_scores(f[split].double() @ w.T + b), dtype=np.float64)
             for split in ("id_test_feats", "ood_test_feats")]
     for side, w_side in zip(("in", "out"), want):
         g = got[side]

@@ -327,10 +327,7 @@ def _clip_model_for_checks():
 
     model, _, tokenizer = load_clip("miniclip")
     _TINY_CLIP_PARTS[model] = "model"
-    try:
-        _TINY_CLIP_PARTS[tokenizer] = "tokenizer"
-    except TypeError:  # a tokenizer without weak references: handed over as an object
-        pass
+    _TINY_CLIP_PARTS[tokenizer] = "tokenizer"
     return model, tokenizer
 
 

@@ -13,18 +13,16 @@ from ._common import (ATOL, RTOL, _as_array, _clip_model_for_checks, _close, _co
 
 # --------------------------------------------------------------------------- features (01) and CLIP loss (00)
 
-def _probe_split_visual(ns, name, x):
+def _probe_split_visual(ns, name, model, x):
     """Kernel side of :func:`check_split_visual` (self-contained: the grader sends its source).
 
-    Calls ``ns[name]`` on a fresh copy of the shipped tiny CLIP and returns plain values:
-    whether a pair of modules came back (else the types), ``backbone(x)`` and
-    ``projection(backbone(x))`` in evaluation mode.
+    Calls ``ns[name](model)`` (the shipped tiny CLIP, which the grader hands over by name) and
+    returns plain values: whether a pair of modules came back (else the types),
+    ``backbone(x)`` and ``projection(backbone(x))`` in evaluation mode.
     """
     import torch
 
-    from ood_utils.course.models import load_clip
-
-    out = ns[name](load_clip("miniclip")[0])  # a copy of its own: changing it is allowed
+    out = ns[name](model)
     if not isinstance(out, tuple) or len(out) != 2:
         return {"pair": False, "type": type(out).__name__}
     wrong = [type(o).__name__ if not isinstance(o, torch.nn.Module) else "" for o in out]
@@ -52,7 +50,7 @@ def _judge_split_visual(run: Callable, name: str) -> None:
         want_feats = model.visual.trunk(x).double().numpy()
         want_emb = model.encode_image(x).double().numpy()
     d, e = want_feats.shape[1], want_emb.shape[1]
-    got = run(_probe_split_visual, name, x)
+    got = run(_probe_split_visual, name, model, x)  # computed above: changing it is allowed
     if not got.get("pair"):
         raise AssertionError(f"{name} must return a pair (backbone, projection), got "
                              f"{got.get('type')}")
@@ -148,8 +146,6 @@ def _probe_extract_features(ns, name, images, labels, weight, bias, batch_size):
 def _judge_extract_features(run: Callable, name: str) -> None:
     """The verdict of :func:`check_extract_features` from what the probe returns; the
     reference extraction runs here on the same backbone and images."""
-    from torch.utils.data import DataLoader, TensorDataset
-
     from ...course.features import extract_features
 
     g = _gen(0)
@@ -168,15 +164,10 @@ def _judge_extract_features(run: Callable, name: str) -> None:
     if got.get("requires_grad"):
         raise AssertionError(f"{name} returned features that track gradients; "
                              "run the backbone under torch.no_grad()")
-    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16),
-                                   torch.nn.Dropout(0.5), torch.nn.ReLU())
-    with torch.no_grad():
-        backbone[1].weight.copy_(weight)
-        backbone[1].bias.copy_(bias)
-    loader = DataLoader(TensorDataset(images, labels), batch_size=10, shuffle=False)
-    with torch.no_grad():
-        want_feats, want_labels = extract_features(backbone.eval(), loader, "cpu",
-                                                   progress=False)
+    ref = _probe_extract_features(  # the reference on the same backbone, through the probe
+        {"ref": lambda b, ld, dev: extract_features(b, ld, dev, progress=False)}, "ref",
+        images, labels, weight, bias, 10)
+    want_feats, want_labels = ref["feats"], ref["labels"]
     got_labels = torch.as_tensor(got["labels"])
     got, left_in_training = got["feats"].double().numpy(), got.get("left_in_training")
     want = want_feats.double().numpy()
@@ -239,16 +230,20 @@ def check_extract_features(student_fn: Callable) -> None:
 
 def _probe_real_features(ns, profile, indices, batch_size):
     """Kernel side of 01's graded feature part: the notebook's ``extract_features_exercise``
-    with its ``backbone`` and ``preprocess`` on the in-distribution test images ``indices``."""
+    with its ``backbone`` and ``preprocess`` on the in-distribution test images ``indices``.
+    The images are handed over as a plain tensor dataset (no subset whose indices would point
+    at the cached features)."""
     import torch
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader, TensorDataset
 
     from ood_utils.course.data import feature_dataset
 
-    subset = Subset(feature_dataset(profile, "id_test", transform=ns["preprocess"]),
-                    [int(i) for i in indices])
+    ds = feature_dataset(profile, "id_test", transform=ns["preprocess"])
+    pairs = [ds[int(i)] for i in indices]
+    images = torch.stack([torch.as_tensor(img) for img, _ in pairs])
+    labels = torch.as_tensor([int(y) for _, y in pairs])
     out = ns["extract_features_exercise"](ns["backbone"], DataLoader(
-        subset, batch_size=batch_size, shuffle=False), "cpu")
+        TensorDataset(images, labels), batch_size=batch_size, shuffle=False), "cpu")
     feats = out[0] if isinstance(out, tuple) and out else None
     return {"feats": feats.detach() if isinstance(feats, torch.Tensor) else None}
 

@@ -170,18 +170,16 @@ def check_msp(student_fn: Callable) -> None:
     _passed(name)
 
 
-def _probe_clip_head(ns, name, h):
+def _probe_clip_head(ns, name, model, h):
     """Kernel side of :func:`check_clip_head` (self-contained: the grader sends its source).
 
-    Calls ``ns[name]`` on a fresh copy of the shipped tiny CLIP and returns plain values:
-    ``projection(h)`` (or its error) and what ``logit_scale`` is (a number, a tensor's size,
-    whether it tracks gradients).
+    Calls ``ns[name](model)`` (the shipped tiny CLIP, which the grader hands over by name) and
+    returns plain values: ``projection(h)`` (or its error) and what ``logit_scale`` is (a
+    number, a tensor's size, whether it tracks gradients).
     """
     import torch
 
-    from ood_utils.course.models import load_clip
-
-    out = ns[name](load_clip("miniclip")[0])
+    out = ns[name](model)
     if not isinstance(out, tuple) or len(out) != 2:
         return {"pair": False, "type": type(out).__name__}
     projection, scale = out
@@ -218,7 +216,7 @@ def _judge_clip_head(run: Callable, name: str) -> None:
         h = _random_feats(6, trunk(torch.zeros(1, 3, 32, 32)).shape[1], 95)
         want = head(h).double().numpy()
     d, e = h.shape[1], want.shape[1]
-    got = run(_probe_clip_head, name, h)
+    got = run(_probe_clip_head, name, model, h)  # computed above: changing the model is allowed
     if not got.get("pair"):
         raise AssertionError(f"{name} must return a pair (projection, logit_scale), got "
                              f"{got.get('type')}")

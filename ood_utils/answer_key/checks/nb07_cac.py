@@ -347,13 +347,9 @@ def _hidden_assert(message: str) -> None:
     raise AssertionError(message)
 
 
-def _l1_distances(points, anchors):
-    return (points.unsqueeze(1) - anchors.unsqueeze(0)).abs().sum(-1)
-
-
-def _cac_train_reference_variant(model, loader, epochs, lr, lambda_, *, zero_grad=True, train_mode=True,
-                       optimiser_per_epoch=False, optimiser="adam", params="all", step=True,
-                       loss="cac", schedule="batch"):
+def _cac_train_reference_variant(model, loader, epochs, lr, lambda_, *, zero_grad=True,
+                                 train_mode=True, optimiser_per_epoch=False, optimiser="adam",
+                                 params="all", step=True, loss="cac", schedule="batch"):
     """The reference training loop, or one of its typical mistakes (see check_cac_training)."""
     from ...methods.cac import cac_loss
 
